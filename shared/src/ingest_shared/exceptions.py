@@ -1,0 +1,30 @@
+"""Every exception the pipeline raises on purpose.
+
+    IngestError
+    ├── ConfigurationError    bad settings, or a Redis without what we need: fatal, explain
+    ├── InvalidEventError     permanent: this event can never be stored (dead-letter / 4xx)
+    └── TransientStoreError   Redis may manage later: back off, retry, ack nothing
+
+Redis' own ConnectionError/TimeoutError are treated as transient where they are caught.
+"""
+
+
+class IngestError(Exception):
+    """Base class of the pipeline's own errors."""
+
+
+class ConfigurationError(IngestError):
+    """A setting or the Redis server cannot work; the process must stop and say why."""
+
+
+class InvalidEventError(IngestError):
+    """An event (or stream entry) that no retry can make valid."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+
+class TransientStoreError(IngestError):
+    """A write did not happen for a reason that may go away; retry without acknowledging."""

@@ -1,0 +1,172 @@
+"""The batch processor: stream entries in, samples stored, failures dead-lettered, then one XACK.
+
+Used by the worker daemon and by the producer's ``/api/ingest/workers/process`` route, so both
+behave the same. Delivery is at least once; every write here is idempotent (series use
+DUPLICATE_POLICY LAST), so processing an entry twice stores it once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from redis.exceptions import ResponseError
+
+from ingest_shared.exceptions import InvalidEventError, TransientStoreError
+from ingest_shared.redis_client import call
+from ingest_shared.schema import Base, Sample, now_ms, sample_from_entry
+from ingest_shared.streams import dead_letter_fields, is_transient
+from ingest_shared.timeseries import ensure_series, is_retryable, madd_args
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from redis.asyncio import Redis
+
+    from ingest_shared.keys import Keys
+    from ingest_shared.schema import TimeWindow
+    from ingest_shared.streams import Entry
+    from ingest_shared.timeseries import SeriesLayout
+
+# Remembered (metric, source) pairs whose series exist; past this many, start again (a cache
+# miss costs one idempotent setup round trip, never correctness).
+_KNOWN_SERIES_LIMIT = 200_000
+
+Failure = tuple[bytes, str, "dict[bytes, bytes] | None"]
+
+
+class BatchResult(Base):
+    """What one batch did; the process route returns it as JSON."""
+
+    read: int
+    processed: int
+    dead_lettered: int
+    acked: int
+
+
+class BatchProcessor:
+    """Validates, stores, dead-letters and acknowledges batches of stream entries."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        group: str,
+        layout: SeriesLayout,
+        window: TimeWindow,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._group = group
+        self._layout = layout
+        self._window = window
+        self._known: set[tuple[str, str]] = set()
+
+    async def process(
+        self, entries: Sequence[Entry], consumer: str, forced: Mapping[bytes, str] | None = None
+    ) -> BatchResult:
+        """Store or dead-letter each of ``entries`` read by ``consumer``, then ack them all.
+
+        ``forced`` maps entry ids to a reason to dead-letter them without trying (for example
+        ``max deliveries exceeded``). Raises TransientStoreError, having acked nothing, when
+        Redis could not do its part; the entries stay pending and the call can be repeated.
+        """
+        try:
+            return await self._process(entries, consumer, forced or {})
+        except (ResponseError, OSError) as exc:
+            if is_transient(exc):
+                raise TransientStoreError(str(exc)) from exc
+            raise
+
+    async def _process(
+        self, entries: Sequence[Entry], consumer: str, forced: Mapping[bytes, str]
+    ) -> BatchResult:
+        now = now_ms()
+        ids: list[bytes] = []
+        stored: list[tuple[bytes, Sample]] = []
+        failures: list[Failure] = []
+        for entry_id, fields in entries:
+            ids.append(entry_id)
+            if fields is None:
+                continue  # deleted while pending: nothing left to store or to dead-letter
+            reason = forced.get(entry_id)
+            if reason is not None:
+                failures.append((entry_id, reason, fields))
+                continue
+            try:
+                stored.append((entry_id, sample_from_entry(entry_id, fields, self._window, now)))
+            except InvalidEventError as exc:
+                failures.append((entry_id, exc.reason, fields))
+        rejected: dict[bytes, str] = {}
+        if stored:
+            rejected = await self._store(stored)
+            if rejected:
+                by_id = dict(entries)
+                failures += [(eid, why, by_id.get(eid)) for eid, why in rejected.items()]
+        if failures:
+            await self._dead_letter(failures, consumer, now)
+        acked = await self._ack(ids) if ids else 0
+        return BatchResult(
+            read=len(entries),
+            processed=len(stored) - len(rejected),
+            dead_lettered=len(failures),
+            acked=acked,
+        )
+
+    async def _store(self, stored: list[tuple[bytes, Sample]]) -> dict[bytes, str]:
+        """Write every sample (TS.MADD, one round trip); return rejected entry ids and why."""
+        new = {(s.metric, s.source) for _, s in stored} - self._known
+        if new:
+            await ensure_series(self._redis, self._keys, self._layout, new)
+            if len(self._known) + len(new) > _KNOWN_SERIES_LIMIT:
+                self._known.clear()
+            self._known |= new
+        results = await call(self._redis, *madd_args(self._keys, (s for _, s in stored)))
+        rejected: dict[bytes, str] = {}
+        retry: list[tuple[bytes, Sample]] = []
+        if all(type(r) is int for r in results):
+            return rejected
+        for index, (entry_id, sample) in enumerate(stored):
+            errors = [r for r in results[2 * index : 2 * index + 2] if isinstance(r, ResponseError)]
+            if not errors:
+                continue
+            if all(is_retryable(e) for e in errors):
+                retry.append((entry_id, sample))
+            else:
+                rejected[entry_id] = str(errors[0])
+        if retry:
+            rejected |= await self._store_one_by_one(retry)
+        return rejected
+
+    async def _store_one_by_one(self, samples: list[tuple[bytes, Sample]]) -> dict[bytes, str]:
+        """Slow path: recreate missing series, then TS.ADD ... ON_DUPLICATE LAST each sample."""
+        pairs = {(s.metric, s.source) for _, s in samples}
+        self._known -= pairs
+        await ensure_series(self._redis, self._keys, self._layout, pairs)
+        self._known |= pairs
+        pipe = self._redis.pipeline(transaction=False)
+        for _, (metric, source, ts, value) in samples:
+            for key in (self._keys.raw(metric), self._keys.source_raw(metric, source)):
+                pipe.execute_command("TS.ADD", key, ts, value, "ON_DUPLICATE", "LAST")
+        results = await pipe.execute(raise_on_error=False)
+        rejected: dict[bytes, str] = {}
+        for index, (entry_id, _) in enumerate(samples):
+            for result in results[2 * index : 2 * index + 2]:
+                if isinstance(result, ResponseError):
+                    if is_transient(result):
+                        raise result
+                    rejected[entry_id] = str(result)
+        return rejected
+
+    async def _dead_letter(self, failures: list[Failure], consumer: str, now: int) -> None:
+        """Append one dead-letter entry per failure; raise unless every append succeeded."""
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id, reason, fields in failures:
+            pipe.xadd(
+                self._keys.dead_letter, dead_letter_fields(entry_id, reason, fields, consumer, now)
+            )
+        # Raises on the first error: then nothing is acked and the batch is retried.
+        await pipe.execute(raise_on_error=True)
+
+    async def _ack(self, ids: list[bytes]) -> int:
+        acked = await call(self._redis, "XACK", self._keys.stream, self._group, *ids)
+        return int(acked)

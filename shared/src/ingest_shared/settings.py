@@ -1,0 +1,159 @@
+"""Settings: read from the environment once, at a process entry point, then passed down.
+
+Defaults are the original tutorial's where it had one, so its ``.env`` files keep working.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ingest_shared.exceptions import ConfigurationError
+from ingest_shared.keys import Keys
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+_NAME = re.compile(r"\A[A-Za-z0-9_.:@/-]{1,128}\Z")
+_KEY = re.compile(r"\A[^\s{}]{1,256}\Z")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("auto", "json", "console")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of both services; see ``.env.example`` for the variable names."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    stream_key: str = "telemetry:events"
+    dead_letter_key: str = "telemetry:events:dead-letter"
+    consumer_group: str = "telemetry-workers"
+    metrics_key: str = "telemetry:metrics"
+    series_prefix: str = "telemetry:ts"
+    rollup_bucket_ms: int = 60_000
+    retention_ms: int = 86_400_000
+    rollup_retention_ms: int = 2_592_000_000
+    batch_size: int = 500
+    block_ms: int = 2_000
+    claim_idle_ms: int = 60_000
+    claim_interval_ms: int = 5_000
+    max_deliveries: int = 5
+    consumer_name: str = "worker"
+    max_clock_skew_ms: int = 300_000
+    shutdown_grace_s: float = 10.0
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    http_workers: int = 1
+    log_level: str = "info"
+    log_format: str = "auto"
+
+    @property
+    def keys(self) -> Keys:
+        """The key layout these settings name."""
+        return Keys(
+            stream=self.stream_key,
+            dead_letter=self.dead_letter_key,
+            metrics=self.metrics_key,
+            series_prefix=self.series_prefix,
+        )
+
+
+def default_consumer_name() -> str:
+    """``hostname-pid``: unique per container and per process, stable across one run."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse the environment; raise ConfigurationError naming the first bad variable."""
+    env = os.environ if environ is None else environ
+    d = Settings()
+    return Settings(
+        redis_url=_url(env, "REDIS_URL", d.redis_url),
+        stream_key=_text(env, "INGEST_STREAM_KEY", d.stream_key, _KEY),
+        dead_letter_key=_text(env, "INGEST_DEAD_LETTER_KEY", d.dead_letter_key, _KEY),
+        consumer_group=_text(env, "INGEST_CONSUMER_GROUP", d.consumer_group, _NAME),
+        metrics_key=_text(env, "INGEST_METRICS_KEY", d.metrics_key, _KEY),
+        series_prefix=_text(env, "INGEST_SERIES_PREFIX", d.series_prefix, _KEY),
+        rollup_bucket_ms=_int(env, "INGEST_ROLLUP_BUCKET_MS", d.rollup_bucket_ms, 1),
+        retention_ms=_int(env, "INGEST_RETENTION_MS", d.retention_ms, 1),
+        rollup_retention_ms=_int(env, "INGEST_ROLLUP_RETENTION_MS", d.rollup_retention_ms, 0),
+        batch_size=_int(env, "INGEST_BATCH_SIZE", d.batch_size, 1, 100_000),
+        block_ms=_int(env, "INGEST_BLOCK_MS", d.block_ms, 1, 600_000),
+        claim_idle_ms=_int(env, "INGEST_CLAIM_IDLE_MS", d.claim_idle_ms, 1),
+        claim_interval_ms=_int(env, "INGEST_CLAIM_INTERVAL_MS", d.claim_interval_ms, 10),
+        max_deliveries=_int(env, "INGEST_MAX_DELIVERIES", d.max_deliveries, 1, 1_000),
+        consumer_name=_text(env, "INGEST_CONSUMER_NAME", default_consumer_name(), _NAME),
+        max_clock_skew_ms=_int(env, "INGEST_MAX_CLOCK_SKEW_MS", d.max_clock_skew_ms, 0),
+        shutdown_grace_s=_float(env, "INGEST_SHUTDOWN_GRACE_S", d.shutdown_grace_s),
+        http_host=_text(env, "INGEST_HTTP_HOST", d.http_host, _KEY),
+        http_port=_int(env, "INGEST_HTTP_PORT", d.http_port, 0, 65_535),
+        http_workers=_int(env, "INGEST_HTTP_WORKERS", d.http_workers, 1, 64),
+        log_level=_choice(env, "INGEST_LOG_LEVEL", d.log_level, _LOG_LEVELS),
+        log_format=_choice(env, "INGEST_LOG_FORMAT", d.log_format, _LOG_FORMATS),
+    )
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    value = _raw(env, name) or default
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        msg = f"{name} must start with redis://, rediss:// or unix://"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _text(env: Mapping[str, str], name: str, default: str, pattern: re.Pattern[str]) -> str:
+    value = _raw(env, name) or default
+    if not pattern.match(value):
+        msg = f"{name}={value!r} is not allowed (expected {pattern.pattern})"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        msg = f"{name}={raw!r} is not an integer"
+        raise ConfigurationError(msg) from None
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        msg = f"{name}={value} must be {bounds}"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        msg = f"{name}={raw!r} is not a number"
+        raise ConfigurationError(msg) from None
+    if not 0 <= value < 3600:  # also rejects nan
+        msg = f"{name}={raw} must be between 0 and 3600 seconds"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (_raw(env, name) or default).lower()
+    if value not in choices:
+        msg = f"{name}={value!r} must be one of {', '.join(choices)}"
+        raise ConfigurationError(msg)
+    return value

@@ -1,0 +1,77 @@
+"""Stream and consumer-group helpers both services use."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeAlias
+
+from redis.exceptions import BusyLoadingError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ingest_shared import keys as k
+from ingest_shared.redis_client import call
+from ingest_shared.schema import JSON_ENCODER, format_ms
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.typing import EncodableT
+
+# An entry as XREADGROUP/XAUTOCLAIM return it; fields is None for an entry deleted while pending.
+Entry: TypeAlias = tuple[bytes, dict[bytes, bytes] | None]
+
+# Server replies that mean "not now" rather than "never": retry them, ack nothing.
+_TRANSIENT_PREFIXES = (
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "OOM",
+    "READONLY",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "NOREPLICAS",
+    "MOVED",
+    "ASK ",
+)
+TRANSIENT_ERRORS = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True when ``error`` may go away by itself (network, failover, loading, memory)."""
+    if isinstance(error, TRANSIENT_ERRORS):
+        return True
+    return isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT_PREFIXES)
+
+
+async def ensure_group(redis: Redis, stream: str, group: str) -> bool:
+    """Create ``group`` at ID 0 (so earlier events are not skipped), with MKSTREAM.
+
+    Returns True if it was created; tolerates only BUSYGROUP.
+    """
+    try:
+        await call(redis, "XGROUP", "CREATE", stream, group, "0", "MKSTREAM")
+    except ResponseError as exc:
+        if str(exc).startswith("BUSYGROUP"):
+            return False
+        raise
+    return True
+
+
+def dead_letter_fields(
+    message_id: bytes, reason: str, fields: dict[bytes, bytes] | None, consumer: str, now: int
+) -> dict[EncodableT, EncodableT]:
+    """One dead-letter entry: the original id and fields (as JSON), why, who and when."""
+    payload = (
+        {}
+        if fields is None
+        else {
+            key.decode(errors="replace"): value.decode(errors="replace")
+            for key, value in fields.items()
+        }
+    )
+    return {
+        k.DL_MESSAGE_ID: message_id,
+        k.DL_REASON: reason,
+        k.DL_PAYLOAD: JSON_ENCODER.encode(payload),
+        k.DL_CONSUMER: consumer,
+        k.DL_FAILED_AT: format_ms(now),
+    }

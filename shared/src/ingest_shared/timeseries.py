@@ -1,0 +1,140 @@
+"""RedisTimeSeries layout: which series exist for a (metric, source), and how samples are written.
+
+Every reading goes to two raw series in the same command: the tutorial's per-metric series and a
+per-(metric, source) series. Each raw series has an ``avg`` rollup fed by TS.CREATERULE.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from redis.exceptions import ResponseError
+
+from ingest_shared import keys as k
+from ingest_shared.exceptions import ConfigurationError
+from ingest_shared.redis_client import call
+from ingest_shared.schema import Base
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from redis.asyncio import Redis
+
+    from ingest_shared.keys import Keys
+
+# The exact errors that mean "already set up"; anything else from setup is a real failure.
+SERIES_EXISTS = "TSDB: key already exists"
+RULE_EXISTS = "TSDB: the destination key already has a src rule"
+# Per-sample errors a retry with TS.ADD ... ON_DUPLICATE LAST can fix: a series created with
+# the default BLOCK policy by someone else, or a series deleted under a running worker.
+RETRYABLE_SAMPLE_ERRORS = ("DUPLICATE_POLICY is set to BLOCK", "the key is not a TSDB key")
+
+
+class SeriesLayout(Base):
+    """Retention and rollup settings applied when a series is first created."""
+
+    retention_ms: int
+    rollup_retention_ms: int
+    bucket_ms: int
+
+
+def _create_args(key: str, retention_ms: int, labels: Sequence[str]) -> list[str | int]:
+    return [
+        "TS.CREATE",
+        key,
+        "RETENTION",
+        retention_ms,
+        "DUPLICATE_POLICY",
+        "LAST",
+        "LABELS",
+        *labels,
+    ]
+
+
+def setup_commands(
+    keys: Keys, layout: SeriesLayout, metric: str, source: str | None
+) -> list[list[str | int]]:
+    """TS.CREATE raw, TS.CREATE rollup, TS.CREATERULE: for a metric (source None) or a pair."""
+    if source is None:
+        raw, rollup = keys.raw(metric), keys.rollup(metric)
+        raw_labels = [k.LABEL_METRIC, metric, k.LABEL_KIND, k.KIND_RAW]
+        rollup_labels = [k.LABEL_METRIC, metric, k.LABEL_KIND, k.KIND_ROLLUP]
+    else:
+        raw, rollup = keys.source_raw(metric, source), keys.source_rollup(metric, source)
+        raw_labels = [
+            k.LABEL_METRIC,
+            metric,
+            k.LABEL_SOURCE,
+            source,
+            k.LABEL_KIND,
+            k.KIND_SOURCE_RAW,
+        ]
+        rollup_labels = [
+            k.LABEL_METRIC,
+            metric,
+            k.LABEL_SOURCE,
+            source,
+            k.LABEL_KIND,
+            k.KIND_SOURCE_ROLLUP,
+        ]
+    return [
+        _create_args(raw, layout.retention_ms, raw_labels),
+        _create_args(rollup, layout.rollup_retention_ms, rollup_labels),
+        ["TS.CREATERULE", raw, rollup, "AGGREGATION", "avg", layout.bucket_ms],
+    ]
+
+
+async def ensure_series(
+    redis: Redis, keys: Keys, layout: SeriesLayout, pairs: Iterable[tuple[str, str]]
+) -> None:
+    """Create the series, rollups and rules for ``pairs`` (metric, source) in one round trip.
+
+    Idempotent: tolerates exactly the two "already exists" errors; raises anything else.
+    """
+    pipe = redis.pipeline(transaction=False)
+    metrics: set[str] = set()
+    for metric, source in pairs:
+        if metric not in metrics:
+            metrics.add(metric)
+            for args in setup_commands(keys, layout, metric, None):
+                pipe.execute_command(*args)
+        for args in setup_commands(keys, layout, metric, source):
+            pipe.execute_command(*args)
+    if not metrics:
+        return
+    pipe.sadd(keys.metrics, *metrics)
+    for result in await pipe.execute(raise_on_error=False):
+        if isinstance(result, ResponseError) and str(result) not in (SERIES_EXISTS, RULE_EXISTS):
+            raise result
+
+
+def madd_args(
+    keys: Keys, samples: Iterable[tuple[str, str, int, float]]
+) -> list[str | int | float]:
+    """TS.MADD arguments writing each (metric, source, ts, value) to its metric and pair series."""
+    args: list[str | int | float] = ["TS.MADD"]
+    raw, source_raw = keys.raw, keys.source_raw
+    for metric, source, ts, value in samples:
+        args += (raw(metric), ts, value, source_raw(metric, source), ts, value)
+    return args
+
+
+def is_retryable(error: ResponseError) -> bool:
+    """True for a per-sample error that TS.ADD ... ON_DUPLICATE LAST after setup can fix."""
+    text = str(error)
+    return any(marker in text for marker in RETRYABLE_SAMPLE_ERRORS)
+
+
+async def check_timeseries(redis: Redis) -> None:
+    """Raise ConfigurationError unless the server has the TimeSeries commands.
+
+    Probes with TS.INFO on a key that does not exist: "key does not exist" proves the command is
+    there, on Redis Stack, Redis 8 and managed services alike (MODULE LIST is often forbidden).
+    """
+    try:
+        await call(redis, "TS.INFO", "telemetry-ingest:probe:timeseries")
+    except ResponseError as exc:
+        if "does not exist" in str(exc):
+            return
+        msg = f"Redis has no TimeSeries support ({exc}); use Redis 8, Redis Stack, or `make redis`"
+        raise ConfigurationError(msg) from None

@@ -1,0 +1,90 @@
+"""Shared fixtures: one real Redis with TimeSeries per session, a flushed client per test.
+
+The session server is, in order of preference: `$INGEST_TEST_REDIS_URL`, a `redis:8.2`
+container when a Docker engine answers, or an embedded `LocalRedis`. It runs with the
+AOF on, like `make run`, so code using WAITAOF works against it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING, Protocol
+
+import pytest
+from redis.asyncio import Redis
+
+from ingest_devtools.localredis import LocalRedis
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+REDIS_IMAGE = "redis:8.2"
+
+
+class LocalRedisFactory(Protocol):
+    def __call__(self, appendonly: bool = False) -> LocalRedis: ...
+
+
+def _docker_available() -> bool:
+    # docker-py leaks its socket when a unix-socket engine is absent (a ResourceWarning,
+    # an error under filterwarnings=error), so check that socket ourselves first.
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://"):
+        with socket.socket(socket.AF_UNIX) as sock:
+            try:
+                sock.connect(host.removeprefix("unix://"))
+            except OSError:
+                return False
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=3)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("INGEST_TEST_REDIS_URL"):
+        yield url
+    elif _docker_available():
+        from testcontainers.community.redis import RedisContainer
+
+        container = RedisContainer(REDIS_IMAGE).with_command("redis-server --appendonly yes")
+        with container:
+            host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
+            yield f"redis://{host}:{port}/0"
+    else:
+        with LocalRedis(tmp_path_factory.mktemp("redis"), appendonly=True) as server:
+            yield server.url
+
+
+@pytest.fixture
+def local_redis_server(tmp_path: Path) -> Iterator[LocalRedisFactory]:
+    """Start private servers a test may kill and restart; all are stopped afterwards."""
+    servers: list[LocalRedis] = []
+
+    def make(appendonly: bool = False) -> LocalRedis:
+        server = LocalRedis(tmp_path / f"redis-{len(servers)}", appendonly=appendonly)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(name="redis")
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    """A client on the session server, flushed before the test and closed after it."""
+    client = Redis.from_url(redis_url, decode_responses=False)
+    await client.flushall()
+    yield client
+    await client.aclose()
