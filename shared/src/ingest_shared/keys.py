@@ -55,3 +55,12 @@ class Keys:
     def source_rollup(self, metric: str, source: str) -> str:
         """The rollup of :meth:`source_raw`."""
         return f"{self.series_prefix}:{{{metric}|{source}}}:rollup"
+
+    # Keys the append function touches share the stream's slot (one FCALL, no CROSSSLOT).
+    def idempotency(self, digest: str) -> str:
+        """Stored response of one Idempotency-Key; ``digest`` is a hash, never the raw key."""
+        return f"{{{self.stream}}}:idempotency:{digest}"
+
+    def rate_limit(self, client_id: str) -> str:
+        """The fixed-window request counter of one API client."""
+        return f"{{{self.stream}}}:rate:{client_id}"

@@ -1,0 +1,91 @@
+"""The server-side append function: order, idempotency and rate limit, atomically."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ingest_shared.functions import (
+    Appended,
+    Duplicate,
+    Idempotency,
+    RateLimit,
+    RateLimited,
+    append_events,
+    load_functions,
+)
+from ingest_shared.schema import EventOut
+from ingest_shared.settings import load_settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+KEYS = load_settings({}).keys
+EVENTS = [EventOut(f"s{i}", "cpu", i / 4, "2026-03-19T12:00:00Z") for i in range(50)]
+
+
+@pytest.fixture
+async def loaded(redis: Redis) -> Redis:
+    await load_functions(redis)
+    return redis
+
+
+async def test_batch_is_appended_in_order_with_the_tutorial_fields(loaded: Redis) -> None:
+    reply = await append_events(loaded, KEYS, EVENTS)
+    assert isinstance(reply, Appended)
+    entries = await loaded.xrange(KEYS.stream)
+    assert [entry_id for entry_id, _ in entries] == reply.ids
+    assert entries[7][1] == {
+        b"source": b"s7",
+        b"metric": b"cpu",
+        b"value": b"1.75",
+        b"occurredAt": b"2026-03-19T12:00:00Z",
+    }
+
+
+async def test_loading_twice_is_harmless(loaded: Redis) -> None:
+    await load_functions(loaded)
+    assert isinstance(await append_events(loaded, KEYS, EVENTS[:1]), Appended)
+
+
+async def test_repeat_with_the_same_idempotency_key_enqueues_nothing(loaded: Redis) -> None:
+    guard = Idempotency(KEYS.idempotency("k1"), 60_000, "hash-a", b'{"count":2}')
+    first = await append_events(loaded, KEYS, EVENTS[:2], guard)
+    again = await append_events(loaded, KEYS, EVENTS[:2], guard)
+    assert isinstance(first, Appended)
+    assert again == Duplicate(body_hash=b"hash-a", ids=first.ids, echo=b'{"count":2}')
+    assert await loaded.xlen(KEYS.stream) == 2
+    assert 0 < await loaded.pttl(KEYS.idempotency("k1")) <= 60_000
+
+
+async def test_concurrent_repeats_enqueue_once(loaded: Redis) -> None:
+    guard = Idempotency(KEYS.idempotency("k2"), 60_000, "h", b"{}")
+    replies = await asyncio.gather(
+        *(append_events(loaded, KEYS, EVENTS[:3], guard) for _ in range(20))
+    )
+    assert sum(isinstance(reply, Appended) for reply in replies) == 1
+    assert await loaded.xlen(KEYS.stream) == 3
+
+
+async def test_rate_limit_refuses_past_the_limit_and_enqueues_nothing(loaded: Redis) -> None:
+    limit = RateLimit(KEYS.rate_limit("client-1"), limit=5, window_ms=60_000)
+    replies = [await append_events(loaded, KEYS, EVENTS[:2], rate_limit=limit) for _ in range(4)]
+    assert [type(reply) for reply in replies] == [Appended, Appended, RateLimited, RateLimited]
+    refused = replies[2]
+    assert isinstance(refused, RateLimited)
+    assert 0 < refused.retry_after_ms <= 60_000
+    assert await loaded.xlen(KEYS.stream) == 4
+
+
+async def test_rate_limit_is_per_client(loaded: Redis) -> None:
+    for client in ("a", "b"):
+        limit = RateLimit(KEYS.rate_limit(client), limit=1, window_ms=60_000)
+        assert isinstance(await append_events(loaded, KEYS, EVENTS[:1], rate_limit=limit), Appended)
+
+
+async def test_a_batch_larger_than_the_limit_passes_in_an_empty_window(loaded: Redis) -> None:
+    limit = RateLimit(KEYS.rate_limit("big"), limit=10, window_ms=60_000)
+    assert isinstance(await append_events(loaded, KEYS, EVENTS, rate_limit=limit), Appended)
+    assert isinstance(await append_events(loaded, KEYS, EVENTS[:1], rate_limit=limit), RateLimited)
