@@ -36,6 +36,7 @@ async def test_batch_is_appended_in_order_with_the_tutorial_fields(loaded: Redis
     reply = await append_events(loaded, KEYS, EVENTS)
     assert isinstance(reply, Appended)
     entries = await loaded.xrange(KEYS.stream)
+    assert entries is not None
     assert [entry_id for entry_id, _ in entries] == reply.ids
     assert entries[7][1] == {
         b"source": b"s7",

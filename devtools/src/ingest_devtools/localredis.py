@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, NoReturn, Self
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -142,7 +142,7 @@ def _security_mirror() -> str:
     )
 
 
-def _run_apt(args: list[str], cwd: Path) -> None:
+def _run(args: list[str], cwd: Path) -> str:
     try:
         proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError as exc:
@@ -150,12 +150,15 @@ def _run_apt(args: list[str], cwd: Path) -> None:
             f"{args[0]} not found: the Redis Stack binaries need OpenSSL 1.1 "
             "(libssl.so.1.1); install it, or point REDIS_URL at another Redis with TimeSeries"
         ) from exc
+    output = (proc.stdout + proc.stderr).strip()
     if proc.returncode != 0:
-        hint = "" if os.geteuid() == 0 else " (not running as root; apt may need root)"
-        raise LocalRedisError(
-            f"fetching libssl1.1 failed{hint}: `{' '.join(args)}` exited {proc.returncode}\n"
-            f"{(proc.stdout + proc.stderr).strip()[-2000:]}"
-        )
+        _fetch_failed(f"`{' '.join(args)}` exited {proc.returncode}", output)
+    return output
+
+
+def _fetch_failed(what: str, output: str) -> NoReturn:
+    hint = "" if os.geteuid() == 0 else " (not running as root; apt may need root)"
+    raise LocalRedisError(f"fetching libssl1.1 failed{hint}: {what}\n{output[-2000:]}")
 
 
 def _fetch_libssl(cache: Path) -> None:
@@ -173,15 +176,18 @@ def _fetch_libssl(cache: Path) -> None:
     ]
     for deb in cache.glob("libssl1.1_*.deb"):
         deb.unlink()
-    _run_apt(["apt-get", "-q", *options, "update"], cwd=cache)
-    _run_apt(["apt-get", "-q", *options, "download", "libssl1.1"], cwd=cache)
+    # `apt-get update` exits 0 even when the mirror is unreachable: check for an index.
+    update_output = _run(["apt-get", "-q", *options, "update"], cwd=cache)
+    if not any((cache / "lists").glob("*_Packages*")):
+        _fetch_failed("apt-get update fetched no package index", update_output)
+    _run(["apt-get", "-q", *options, "download", "libssl1.1"], cwd=cache)
     debs = sorted(cache.glob("libssl1.1_*.deb"))
     if not debs:
         raise LocalRedisError(f"apt-get download libssl1.1 produced no .deb in {cache}")
     # Unpack beside the final place, then rename, so a crash never leaves half a tree.
     staging = Path(tempfile.mkdtemp(prefix="root.", dir=cache))
     staging.chmod(0o755)  # mkdtemp makes it 0700; other users may run the server too
-    _run_apt(["dpkg", "-x", str(debs[-1]), str(staging)], cwd=cache)
+    _run(["dpkg", "-x", str(debs[-1]), str(staging)], cwd=cache)
     shutil.rmtree(cache / "root", ignore_errors=True)
     staging.rename(cache / "root")
 
