@@ -90,3 +90,38 @@ async def test_a_batch_larger_than_the_limit_passes_in_an_empty_window(loaded: R
     limit = RateLimit(KEYS.rate_limit("big"), limit=10, window_ms=60_000)
     assert isinstance(await append_events(loaded, KEYS, EVENTS, rate_limit=limit), Appended)
     assert isinstance(await append_events(loaded, KEYS, EVENTS[:1], rate_limit=limit), RateLimited)
+
+
+async def _read(redis: Redis, consumer: str, count: int) -> list[bytes]:
+    reply = await redis.xreadgroup("g", consumer, {KEYS.stream: ">"}, count=count)
+    return [entry_id for entry_id, _ in reply[0][1]] if reply else []
+
+
+async def test_trim_never_removes_pending_or_undelivered_entries(loaded: Redis) -> None:
+    from ingest_shared.functions import trim_stream
+
+    reply = await append_events(loaded, KEYS, EVENTS)  # 50 entries
+    assert isinstance(reply, Appended)
+    await loaded.xgroup_create(KEYS.stream, "g", id="0")
+    await loaded.xgroup_create(KEYS.stream, "slow", id="0")
+    read = await _read(loaded, "c1", 30)  # group g: 30 delivered, 20 undelivered
+    await loaded.xack(KEYS.stream, "g", *read[:10])  # ... of which 20 still pending
+    await loaded.xreadgroup("slow", "c2", {KEYS.stream: ">"}, count=25)
+    await loaded.xack(KEYS.stream, "slow", *reply.ids[:25])  # slow: 25 done, none pending
+
+    removed = await trim_stream(loaded, KEYS, keep=5)
+
+    remaining = [entry_id for entry_id, _ in await loaded.xrange(KEYS.stream) or []]
+    assert removed == 10
+    assert remaining == reply.ids[10:]  # g's oldest pending entry is the 11th
+
+
+async def test_trim_keeps_the_newest_entries_and_waits_for_a_group(loaded: Redis) -> None:
+    from ingest_shared.functions import trim_stream
+
+    reply = await append_events(loaded, KEYS, EVENTS)
+    assert isinstance(reply, Appended)
+    assert await trim_stream(loaded, KEYS, keep=5) == 0  # no group yet: all still needed
+    await loaded.xgroup_create(KEYS.stream, "g", id="$")  # everything already consumed
+    assert await trim_stream(loaded, KEYS, keep=5) == 45
+    assert await loaded.xlen(KEYS.stream) == 5

@@ -103,6 +103,13 @@ def parse_append_reply(reply: list[bytes | int]) -> AppendReply:
     return RateLimited(retry_after_ms=int(reply[1]))
 
 
+async def trim_stream(redis: Redis, keys: Keys, keep: int) -> int:
+    """XTRIM MINID to what every group has finished with, keeping ``keep`` newest; returns
+    the number of entries removed."""
+    removed, _ = await call(redis, "FCALL", "ingest_trim", 1, keys.stream, keep)
+    return int(removed)
+
+
 async def append_events(
     redis: Redis,
     keys: Keys,

@@ -56,4 +56,42 @@ local function ingest_append(keys, args)
   return ids
 end
 
+-- Stream ids compare as two integers, never as strings ("9-0" < "10-0").
+local function id_less(a, b)
+  local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
+  local b_ms, b_seq = string.match(b, '^(%d+)-(%d+)$')
+  a_ms, b_ms = tonumber(a_ms), tonumber(b_ms)
+  if a_ms ~= b_ms then return a_ms < b_ms end
+  return tonumber(a_seq) < tonumber(b_seq)
+end
+
+-- ingest_trim: drop entries every consumer group has finished with, never a pending or an
+-- undelivered one (MAXLEN would), keeping at least ARGV[1] newest entries for the recent view.
+-- Atomic, so no group can move between the check and the trim.
+-- KEYS: stream   ARGV: 1 entries to keep   Returns {entries removed, MINID used or ""}
+local function ingest_trim(keys, args)
+  local stream = keys[1]
+  local keep = tonumber(args[1])
+  if redis.call('EXISTS', stream) == 0 then return {0, ''} end
+  local groups = redis.call('XINFO', 'GROUPS', stream)
+  -- No group yet: nobody has read anything, so everything is still needed.
+  if #groups == 0 then return {0, ''} end
+  local newest_kept = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', keep)
+  if #newest_kept < keep then return {0, ''} end
+  local min_id = newest_kept[#newest_kept][1]
+  for _, group in ipairs(groups) do
+    local info = {}
+    for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
+    -- The oldest entry this group still needs: its oldest pending one, else the next undelivered
+    -- (last-delivered-id itself is kept: it is harmless and saves computing its successor).
+    local needed = info['last-delivered-id']
+    if tonumber(info['pending']) > 0 then
+      needed = redis.call('XPENDING', stream, info['name'])[2]
+    end
+    if id_less(needed, min_id) then min_id = needed end
+  end
+  return {redis.call('XTRIM', stream, 'MINID', min_id), min_id}
+end
+
 redis.register_function('ingest_append', ingest_append)
+redis.register_function('ingest_trim', ingest_trim)
