@@ -16,6 +16,7 @@ from ingest_shared.functions import (
     append_events,
     load_functions,
 )
+from ingest_shared.redis_client import call
 from ingest_shared.schema import EventOut
 from ingest_shared.settings import load_settings
 
@@ -93,7 +94,9 @@ async def test_a_batch_larger_than_the_limit_passes_in_an_empty_window(loaded: R
 
 
 async def _read(redis: Redis, consumer: str, count: int) -> list[bytes]:
-    reply = await redis.xreadgroup("g", consumer, {KEYS.stream: ">"}, count=count)
+    reply = await call(
+        redis, "XREADGROUP", "GROUP", "g", consumer, "COUNT", count, "STREAMS", KEYS.stream, ">"
+    )
     return [entry_id for entry_id, _ in reply[0][1]] if reply else []
 
 
