@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ingest_shared.exceptions import ConfigurationError
@@ -64,3 +66,43 @@ def test_a_bad_value_names_the_variable(name: str, value: str) -> None:
 
 def test_blank_values_mean_default() -> None:
     assert load_settings({"INGEST_BATCH_SIZE": "  "}).batch_size == 500
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("1000/s", (1000, 1000)), ("50/10s", (50, 10_000)), ("6/m", (6, 60_000))]
+)
+def test_rate_limit_forms(raw: str, expected: tuple[int, int]) -> None:
+    settings = load_settings({"INGEST_RATE_LIMIT": raw})
+    assert (settings.rate_limit, settings.rate_window_ms) == expected
+
+
+@pytest.mark.parametrize("raw", ["fast", "0/s", "10/0s", "10/day"])
+def test_bad_rate_limit_is_named(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match="INGEST_RATE_LIMIT"):
+        load_settings({"INGEST_RATE_LIMIT": raw})
+
+
+def test_durability_modes() -> None:
+    assert load_settings({}).durability == "none"
+    assert load_settings({"INGEST_DURABILITY": "AOF"}).durability == "aof"
+    replicas = load_settings({"INGEST_DURABILITY": "replicas:2"})
+    assert (replicas.durability, replicas.durability_replicas) == ("replicas", 2)
+    with pytest.raises(ConfigurationError, match="INGEST_DURABILITY"):
+        load_settings({"INGEST_DURABILITY": "replicas:0"})
+
+
+def test_api_keys_from_env_and_file_never_show_in_repr(tmp_path: Path) -> None:
+    secret_file = tmp_path / "keys"
+    secret_file.write_text("# device keys\nfile-key-0123456789abcdef\n\n")
+    settings = load_settings(
+        {"INGEST_API_KEYS": "env-key-0123456789abcdef", "INGEST_API_KEYS_FILE": str(secret_file)}
+    )
+    assert settings.write_keys == {"env-key-0123456789abcdef", "file-key-0123456789abcdef"}
+    assert "0123456789abcdef" not in repr(settings)
+
+
+def test_short_or_unreadable_keys_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="INGEST_READ_KEYS"):
+        load_settings({"INGEST_READ_KEYS": "short"})
+    with pytest.raises(ConfigurationError, match="INGEST_API_KEYS_FILE"):
+        load_settings({"INGEST_API_KEYS_FILE": str(tmp_path / "missing")})

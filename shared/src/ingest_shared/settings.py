@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ingest_shared.exceptions import ConfigurationError
@@ -49,6 +50,20 @@ class Settings:
     http_workers: int = 1
     log_level: str = "info"
     log_format: str = "auto"
+    # The production edge: batches, auth, rate limits, backpressure, durability, trimming.
+    max_body_bytes: int = 1_048_576
+    max_batch: int = 10_000
+    write_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    read_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    rate_limit: int = 0
+    rate_window_ms: int = 1_000
+    max_backlog: int = 1_000_000
+    durability: str = "none"
+    durability_replicas: int = 0
+    durability_timeout_ms: int = 1_000
+    idempotency_ttl_s: int = 86_400
+    stream_keep: int = 10_000
+    trim_interval_ms: int = 10_000
 
     @property
     def keys(self) -> Keys:
@@ -71,6 +86,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Parse the environment; raise ConfigurationError naming the first bad variable."""
     env = os.environ if environ is None else environ
     d = Settings()
+    rate_limit, rate_window_ms = _rate(env, "INGEST_RATE_LIMIT")
+    durability, replicas = _durability(env, "INGEST_DURABILITY")
     return Settings(
         redis_url=_url(env, "REDIS_URL", d.redis_url),
         stream_key=_text(env, "INGEST_STREAM_KEY", d.stream_key, _KEY),
@@ -94,6 +111,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         http_workers=_int(env, "INGEST_HTTP_WORKERS", d.http_workers, 1, 64),
         log_level=_choice(env, "INGEST_LOG_LEVEL", d.log_level, _LOG_LEVELS),
         log_format=_choice(env, "INGEST_LOG_FORMAT", d.log_format, _LOG_FORMATS),
+        max_body_bytes=_int(env, "INGEST_MAX_BODY_BYTES", d.max_body_bytes, 1_024),
+        max_batch=_int(env, "INGEST_MAX_BATCH", d.max_batch, 1, 1_000_000),
+        write_keys=_secrets(env, "INGEST_API_KEYS"),
+        read_keys=_secrets(env, "INGEST_READ_KEYS"),
+        rate_limit=rate_limit,
+        rate_window_ms=rate_window_ms,
+        max_backlog=_int(env, "INGEST_MAX_BACKLOG", d.max_backlog, 1),
+        durability=durability,
+        durability_replicas=replicas,
+        durability_timeout_ms=_int(env, "INGEST_DURABILITY_TIMEOUT_MS", 1_000, 1, 60_000),
+        idempotency_ttl_s=_int(env, "INGEST_IDEMPOTENCY_TTL_S", d.idempotency_ttl_s, 1),
+        stream_keep=_int(env, "INGEST_STREAM_KEEP", d.stream_keep, 0),
+        trim_interval_ms=_int(env, "INGEST_TRIM_INTERVAL_MS", d.trim_interval_ms, 100),
     )
 
 
@@ -157,3 +187,53 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
         msg = f"{name}={value!r} must be one of {', '.join(choices)}"
         raise ConfigurationError(msg)
     return value
+
+
+_RATE = re.compile(r"\A(\d+)\s*/\s*(\d*)\s*(ms|s|m|h)\Z")
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000}
+
+
+def _rate(env: Mapping[str, str], name: str) -> tuple[int, int]:
+    """``1000/s``, ``50/10s`` or ``60000/m`` -> (events, window ms); unset -> (0, 1000)."""
+    raw = _raw(env, name)
+    if raw is None:
+        return 0, 1_000
+    match = _RATE.match(raw.lower())
+    if not match or int(match[1]) < 1:
+        msg = f"{name}={raw!r} must look like 1000/s, 50/10s or 60000/m"
+        raise ConfigurationError(msg)
+    window = int(match[2] or 1) * _UNIT_MS[match[3]]
+    if window < 1:
+        msg = f"{name}={raw!r} has an empty window"
+        raise ConfigurationError(msg)
+    return int(match[1]), window
+
+
+def _durability(env: Mapping[str, str], name: str) -> tuple[str, int]:
+    """``none`` | ``aof`` | ``replicas:N``."""
+    raw = (_raw(env, name) or "none").lower()
+    if raw in ("none", "aof"):
+        return raw, 0
+    kind, _, count = raw.partition(":")
+    if kind == "replicas" and count.isdigit() and int(count) >= 1:
+        return "replicas", int(count)
+    msg = f"{name}={raw!r} must be none, aof or replicas:N"
+    raise ConfigurationError(msg)
+
+
+def _secrets(env: Mapping[str, str], name: str) -> frozenset[str]:
+    """Comma-separated keys from ``NAME`` and/or one key per line from the file ``NAME_FILE``."""
+    found = [key.strip() for key in (env.get(name) or "").split(",")]
+    path = _raw(env, f"{name}_FILE")
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            msg = f"{name}_FILE={path!r} cannot be read ({exc.strerror})"
+            raise ConfigurationError(msg) from None
+        found += [line.strip() for line in text.splitlines() if not line.startswith("#")]
+    keys = frozenset(key for key in found if key)
+    if any(len(key) < 16 for key in keys):
+        msg = f"{name}: every key must have at least 16 characters"
+        raise ConfigurationError(msg)
+    return keys
