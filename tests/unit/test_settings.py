@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.settings import load_settings
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def test_defaults_are_the_tutorials() -> None:
