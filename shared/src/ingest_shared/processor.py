@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from ingest_shared.exceptions import InvalidEventError, TransientStoreError
 from ingest_shared.redis_client import call
 from ingest_shared.schema import Base, Sample, now_ms, sample_from_entry
 from ingest_shared.streams import dead_letter_fields, is_transient
-from ingest_shared.timeseries import ensure_series, is_retryable, madd_args
+from ingest_shared.timeseries import ensure_series, is_retryable, madd_args, series_pair
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ingest_shared.keys import Keys
     from ingest_shared.schema import TimeWindow
     from ingest_shared.streams import Entry
-    from ingest_shared.timeseries import SeriesLayout
+    from ingest_shared.timeseries import SeriesLayout, SeriesPair
 
 # Remembered (metric, source) pairs whose series exist; past this many, start again (a cache
 # miss costs one idempotent setup round trip, never correctness).
@@ -59,7 +59,8 @@ class BatchProcessor:
         self._group = group
         self._layout = layout
         self._window = window
-        self._known: set[tuple[str, str]] = set()
+        # (metric, source) pairs whose series exist, with their encoded raw series keys.
+        self._known: dict[tuple[str, str], SeriesPair] = {}
 
     async def process(
         self, entries: Sequence[Entry], consumer: str, forced: Mapping[bytes, str] | None = None
@@ -72,7 +73,9 @@ class BatchProcessor:
         """
         try:
             return await self._process(entries, consumer, forced or {})
-        except (ResponseError, OSError) as exc:
+        except (RedisError, OSError) as exc:
+            # RedisError, not only ResponseError: redis-py's ConnectionError/TimeoutError
+            # derive from RedisError alone and are the commonest transient failures.
             if is_transient(exc):
                 raise TransientStoreError(str(exc)) from exc
             raise
@@ -86,8 +89,10 @@ class BatchProcessor:
         failures: list[Failure] = []
         for entry_id, fields in entries:
             ids.append(entry_id)
-            if fields is None:
-                continue  # deleted while pending: nothing left to store or to dead-letter
+            if not fields:
+                # Deleted while pending (redis-py reads the nil as {}; XADD needs one field):
+                # nothing left to store or to dead-letter, only the ack.
+                continue
             reason = forced.get(entry_id)
             if reason is not None:
                 failures.append((entry_id, reason, fields))
@@ -114,13 +119,16 @@ class BatchProcessor:
 
     async def _store(self, stored: list[tuple[bytes, Sample]]) -> dict[bytes, str]:
         """Write every sample (TS.MADD, one round trip); return rejected entry ids and why."""
-        new = {(s.metric, s.source) for _, s in stored} - self._known
+        known = self._known
+        # A comprehension, not `set - known.keys()`: that copies every known pair per batch.
+        new = {pair for _, s in stored if (pair := (s.metric, s.source)) not in known}
         if new:
             await ensure_series(self._redis, self._keys, self._layout, new)
-            if len(self._known) + len(new) > _KNOWN_SERIES_LIMIT:
-                self._known.clear()
-            self._known |= new
-        results = await call(self._redis, *madd_args(self._keys, (s for _, s in stored)))
+            if len(known) + len(new) > _KNOWN_SERIES_LIMIT:
+                known.clear()
+            known.update({pair: series_pair(self._keys, *pair) for pair in new})
+        args = madd_args(self._keys, (s for _, s in stored), known)
+        results = await call(self._redis, *args)
         rejected: dict[bytes, str] = {}
         retry: list[tuple[bytes, Sample]] = []
         if all(type(r) is int for r in results):
@@ -140,9 +148,10 @@ class BatchProcessor:
     async def _store_one_by_one(self, samples: list[tuple[bytes, Sample]]) -> dict[bytes, str]:
         """Slow path: recreate missing series, then TS.ADD ... ON_DUPLICATE LAST each sample."""
         pairs = {(s.metric, s.source) for _, s in samples}
-        self._known -= pairs
+        for pair in pairs:
+            self._known.pop(pair, None)
         await ensure_series(self._redis, self._keys, self._layout, pairs)
-        self._known |= pairs
+        self._known.update({pair: series_pair(self._keys, *pair) for pair in pairs})
         pipe = self._redis.pipeline(transaction=False)
         for _, (metric, source, ts, value) in samples:
             for key in (self._keys.raw(metric), self._keys.source_raw(metric, source)):

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeAlias
 
-from redis.exceptions import BusyLoadingError, ResponseError
+from redis.exceptions import (
+    AskError,
+    BusyLoadingError,
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -20,24 +28,17 @@ if TYPE_CHECKING:
 Entry: TypeAlias = tuple[bytes, dict[bytes, bytes] | None]
 
 # Server replies that mean "not now" rather than "never": retry them, ack nothing.
-_TRANSIENT_PREFIXES = (
-    "LOADING",
-    "BUSY",
-    "TRYAGAIN",
-    "OOM",
-    "READONLY",
-    "CLUSTERDOWN",
-    "MASTERDOWN",
-    "NOREPLICAS",
-    "MOVED",
-    "ASK ",
-)
+# redis-py turns most of them into their own classes and strips the code from the message
+# (an OOM reply reads "command not allowed when ..."), so classes are checked, not prefixes.
+_TRANSIENT_REPLIES = (OutOfMemoryError, ReadOnlyError, TryAgainError, AskError, ClusterDownError)
+# Codes redis-py leaves in the message; the space keeps BUSYGROUP and BUSYKEY out.
+_TRANSIENT_PREFIXES = ("BUSY ", "NOREPLICAS ")
 TRANSIENT_ERRORS = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
 
 
 def is_transient(error: BaseException) -> bool:
     """True when ``error`` may go away by itself (network, failover, loading, memory)."""
-    if isinstance(error, TRANSIENT_ERRORS):
+    if isinstance(error, TRANSIENT_ERRORS + _TRANSIENT_REPLIES):
         return True
     return isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT_PREFIXES)
 

@@ -6,7 +6,7 @@ per-(metric, source) series. Each raw series has an ``avg`` rollup fed by TS.CRE
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from redis.exceptions import ResponseError
 
@@ -16,7 +16,7 @@ from ingest_shared.redis_client import call
 from ingest_shared.schema import Base
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from redis.asyncio import Redis
 
@@ -28,6 +28,9 @@ RULE_EXISTS = "TSDB: the destination key already has a src rule"
 # Per-sample errors a retry with TS.ADD ... ON_DUPLICATE LAST can fix: a series created with
 # the default BLOCK policy by someone else, or a series deleted under a running worker.
 RETRYABLE_SAMPLE_ERRORS = ("DUPLICATE_POLICY is set to BLOCK", "the key is not a TSDB key")
+
+# The per-metric and per-(metric, source) raw series keys of one reading, as bytes.
+SeriesPair: TypeAlias = tuple[bytes, bytes]
 
 
 class SeriesLayout(Base):
@@ -108,14 +111,29 @@ async def ensure_series(
             raise result
 
 
+def series_pair(keys: Keys, metric: str, source: str) -> SeriesPair:
+    """The two raw series keys one reading is written to, encoded for the wire."""
+    return keys.raw(metric).encode(), keys.source_raw(metric, source).encode()
+
+
 def madd_args(
-    keys: Keys, samples: Iterable[tuple[str, str, int, float]]
-) -> list[str | int | float]:
-    """TS.MADD arguments writing each (metric, source, ts, value) to its metric and pair series."""
-    args: list[str | int | float] = ["TS.MADD"]
-    raw, source_raw = keys.raw, keys.source_raw
+    keys: Keys,
+    samples: Iterable[tuple[str, str, int, float]],
+    known: Mapping[tuple[str, str], SeriesPair] | None = None,
+) -> list[bytes]:
+    """TS.MADD arguments writing each (metric, source, ts, value) to its metric and pair series.
+
+    ``known`` holds already encoded keys per (metric, source). Every argument is bytes because
+    redis-py sends bytes as they are: encoding thousands of str/int/float arguments per batch
+    was the largest cost of the worker's hot loop (measured with py-spy).
+    """
+    args: list[bytes] = [b"TS.MADD"]
+    cached = known or {}
     for metric, source, ts, value in samples:
-        args += (raw(metric), ts, value, source_raw(metric, source), ts, value)
+        raw, source_raw = cached.get((metric, source)) or series_pair(keys, metric, source)
+        stamp = b"%d" % ts
+        number = repr(value).encode()  # what redis-py itself sends for a float
+        args += (raw, stamp, number, source_raw, stamp, number)
     return args
 
 
