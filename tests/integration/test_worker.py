@@ -343,3 +343,34 @@ async def test_bad_setting_exits_2_with_one_line_naming_the_variable() -> None:
     assert process.returncode == 2
     [line] = stderr.decode().splitlines()
     assert line == "ingest-worker: INGEST_BATCH_SIZE='abc' is not an integer"
+
+
+async def test_worker_trims_what_every_group_finished_but_keeps_the_newest(
+    redis: Redis, redis_url: str
+) -> None:
+    await redis.xgroup_create(STREAM, GROUP, "0", mkstream=True)
+    ids = await enqueue(redis, 300)
+    await redis.xgroup_create(STREAM, "audit", "$")  # a second group that is fully caught up
+    settings = settings_for(redis_url, stream_keep=50, trim_interval_ms=100)
+    async with running(settings):
+        await eventually(lambda: drained(redis, 300))
+        await eventually(lambda: _length_is(redis, 50))
+    remaining = await redis.xrange(STREAM)
+    assert [entry_id for entry_id, _ in remaining or []] == ids[-50:]
+
+
+async def test_worker_never_trims_what_another_group_has_not_read(
+    redis: Redis, redis_url: str
+) -> None:
+    await redis.xgroup_create(STREAM, GROUP, "0", mkstream=True)
+    await redis.xgroup_create(STREAM, "stopped-group", "0")  # has read nothing yet
+    await enqueue(redis, 200)
+    settings = settings_for(redis_url, stream_keep=10, trim_interval_ms=50)
+    async with running(settings):
+        await eventually(lambda: drained(redis, 200))
+        await asyncio.sleep(0.3)  # several trim rounds
+    assert await redis.xlen(STREAM) == 200
+
+
+async def _length_is(redis: Redis, length: int) -> bool:
+    return int(await redis.xlen(STREAM)) == length

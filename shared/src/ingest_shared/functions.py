@@ -8,7 +8,9 @@ limit and the XADDs happen atomically.
 from __future__ import annotations
 
 from importlib.resources import files
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ResponseError
 
 from ingest_shared import keys as k
 from ingest_shared.redis_client import call
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from ingest_shared.schema import EventOut
 
 LIBRARY_CODE = files(__package__).joinpath("lua/telemetry_ingest.lua").read_text()
+# What Redis answers when the library is not loaded (a fresh, restarted or flushed server).
+NO_FUNCTION = "Function not found"
 _FIELDS = (k.FIELD_SOURCE, k.FIELD_METRIC, k.FIELD_VALUE, k.FIELD_OCCURRED_AT)
 
 
@@ -66,6 +70,17 @@ async def load_functions(redis: Redis) -> None:
     await call(redis, "FUNCTION", "LOAD", "REPLACE", LIBRARY_CODE)
 
 
+async def fcall(redis: Redis, *args: EncodableT) -> Any:
+    """Run an FCALL, loading the library first if the server lost it (restart, FLUSHALL)."""
+    try:
+        return await call(redis, *args)
+    except ResponseError as exc:
+        if NO_FUNCTION not in str(exc):
+            raise
+    await load_functions(redis)
+    return await call(redis, *args)
+
+
 def append_command(
     keys: Keys,
     events: Sequence[EventOut],
@@ -106,7 +121,7 @@ def parse_append_reply(reply: list[bytes | int]) -> AppendReply:
 async def trim_stream(redis: Redis, keys: Keys, keep: int) -> int:
     """XTRIM MINID to what every group has finished with, keeping ``keep`` newest; returns
     the number of entries removed."""
-    removed, _ = await call(redis, "FCALL", "ingest_trim", 1, keys.stream, keep)
+    removed, _ = await fcall(redis, "FCALL", "ingest_trim", 1, keys.stream, keep)
     return int(removed)
 
 
@@ -118,5 +133,5 @@ async def append_events(
     rate_limit: RateLimit | None = None,
 ) -> AppendReply:
     """Append ``events`` in one round trip; see :func:`append_command`."""
-    reply = await call(redis, *append_command(keys, events, idempotency, rate_limit))
+    reply = await fcall(redis, *append_command(keys, events, idempotency, rate_limit))
     return parse_append_reply(reply)

@@ -19,6 +19,7 @@ import structlog
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from ingest_shared.exceptions import ConfigurationError, TransientStoreError
+from ingest_shared.functions import load_functions, trim_stream
 from ingest_shared.processor import BatchProcessor
 from ingest_shared.redis_client import call
 from ingest_shared.schema import TimeWindow
@@ -76,6 +77,7 @@ class Worker:
         self._backoff = Backoff()
         self._stats = Throughput()
         self._next_claim_at = 0.0  # claim at once: a dead consumer's entries may be waiting
+        self._next_trim_at = 0.0
         self.stop_requested = asyncio.Event()
 
     def stop(self) -> None:
@@ -115,6 +117,7 @@ class Worker:
     async def _create_group(self) -> bool:
         created = await ensure_group(self._redis, self._stream, self._group)
         await check_timeseries(self._redis)
+        await load_functions(self._redis)
         return created
 
     async def _drain_own_pending(self) -> None:
@@ -148,9 +151,18 @@ class Worker:
                 await self._handle("reclaimed", claimed.entries, claimed.forced)
             if self.stop_requested.is_set():
                 return
+        if time.monotonic() >= self._next_trim_at:
+            self._next_trim_at = time.monotonic() + self._settings.trim_interval_ms / 1000
+            removed = await self._attempt("trim", self._trim)
+            if removed:
+                log.debug("stream_trimmed", removed=removed)
         entries = await self._attempt("read", self._read_new)
         if entries:
             await self._handle("new", entries)
+
+    async def _trim(self) -> int:
+        """Drop entries every group is done with (never a pending or undelivered one)."""
+        return await trim_stream(self._redis, self._settings.keys, self._settings.stream_keep)
 
     async def _read_new(self) -> list[Entry]:
         return await self._read(b">", self._settings.block_ms)

@@ -72,7 +72,7 @@ end
 local function ingest_trim(keys, args)
   local stream = keys[1]
   local keep = tonumber(args[1])
-  if redis.call('EXISTS', stream) == 0 then return {0, ''} end
+  if redis.call('XLEN', stream) <= keep then return {0, ''} end
   local groups = redis.call('XINFO', 'GROUPS', stream)
   -- No group yet: nobody has read anything, so everything is still needed.
   if #groups == 0 then return {0, ''} end
