@@ -1,0 +1,93 @@
+"""The Litestar application factory. The caller owns the Redis client and closes it."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from typing import TYPE_CHECKING
+
+import structlog
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+
+from ingest_producer.appender import EventAppender
+from ingest_producer.errors import exception_handlers
+from ingest_producer.health import health_routes
+from ingest_producer.ingest import enqueue_route, process_route
+from ingest_producer.summary import query_routes
+from ingest_shared.processor import BatchProcessor
+from ingest_shared.schema import TimeWindow
+from ingest_shared.streams import ensure_group, is_transient
+from ingest_shared.timeseries import SeriesLayout
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from contextlib import AbstractAsyncContextManager
+
+    from redis.asyncio import Redis
+
+    from ingest_shared.settings import Settings
+
+logger = structlog.get_logger(__name__)
+
+
+def create_app(
+    settings: Settings,
+    redis: Redis,
+    *,
+    lifespan: Sequence[Callable[[Litestar], AbstractAsyncContextManager[None]]] = (),
+) -> Litestar:
+    """The producer API on ``redis``; ``lifespan`` context managers wrap the app's lifetime.
+
+    At startup the append function is loaded and the consumer group created if missing; an
+    unreachable Redis there is logged and does not stop the app (both happen again on demand),
+    any other Redis error does.
+    """
+    keys = settings.keys
+    group = settings.consumer_group
+    window = TimeWindow(settings.max_clock_skew_ms, settings.retention_ms)
+    layout = SeriesLayout(
+        retention_ms=settings.retention_ms,
+        rollup_retention_ms=settings.rollup_retention_ms,
+        bucket_ms=settings.rollup_bucket_ms,
+    )
+    processor = BatchProcessor(redis, keys, group, layout, window)
+    appender = EventAppender(redis, keys)
+
+    async def prepare_redis() -> None:
+        try:
+            await appender.load()
+            await ensure_group(redis, keys.stream, group)
+        except Exception as exc:
+            if not is_transient(exc):
+                # E.g. the stream key holds another type, or ACLs forbid FUNCTION LOAD.
+                logger.error("producer_setup_failed", error=str(exc))
+                raise
+            # Both steps are repeated on demand once Redis is back.
+            logger.warning("redis_unavailable_at_startup", error=str(exc))
+        logger.info("producer_started", stream=keys.stream, group=group)
+
+    return Litestar(
+        route_handlers=[
+            enqueue_route(window, appender),
+            process_route(redis, keys.stream, group, processor),
+            *query_routes(redis, keys, group),
+            *health_routes(redis),
+        ],
+        on_startup=[prepare_redis],
+        lifespan=list(lifespan),
+        exception_handlers=exception_handlers(),
+        request_max_body_size=settings.max_body_bytes,
+        # structlog is configured by the entry point; Litestar must not install its own.
+        logging_config=None,
+        openapi_config=OpenAPIConfig(
+            title="telemetry-ingest producer",
+            version=version("ingest-producer"),
+            description=(
+                "Accepts telemetry events into a Redis Stream and reports on the pipeline. "
+                "Every error response has the body `ErrorBody`."
+            ),
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+    )

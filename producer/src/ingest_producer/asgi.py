@@ -1,0 +1,57 @@
+"""ASGI factory for uvicorn: ``uvicorn --factory ingest_producer.asgi:create_asgi_app``.
+
+Each uvicorn worker process calls it once: it is that process's entry point, so it parses the
+settings and configures logging; the Redis client it creates is closed by the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from ingest_producer.app import create_app
+from ingest_shared.exceptions import ConfigurationError
+from ingest_shared.logconfig import configure_logging
+from ingest_shared.redis_client import create_redis
+from ingest_shared.settings import load_settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from litestar import Litestar
+
+    from ingest_shared.settings import Settings
+
+# Below the ~2 s clients may wait for a 503: a hanging Redis fails a request after this long.
+REDIS_SOCKET_TIMEOUT_S = 1.5
+REDIS_CONNECT_TIMEOUT_S = 1.0
+
+
+def create_asgi_app() -> Litestar:
+    """Settings from the environment, logging, and the app (with its own Redis client)."""
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        print(f"ingest-producer: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings.log_level, settings.log_format)
+    return build_app(settings)
+
+
+def build_app(settings: Settings) -> Litestar:
+    """The app with a Redis client that lives exactly as long as the app does."""
+    redis = create_redis(
+        settings.redis_url,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+    )
+
+    @asynccontextmanager
+    async def close_redis(_: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await redis.aclose()
+
+    return create_app(settings, redis, lifespan=[close_redis])

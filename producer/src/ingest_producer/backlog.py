@@ -1,0 +1,97 @@
+"""Backpressure: how far behind the workers are, refreshed in the background.
+
+Requests read :attr:`BacklogMonitor.overloaded`, a plain attribute: the ingest route never
+spends a Redis call on this. The backlog is the group's undelivered entries (``lag``) plus its
+pending ones; where Redis cannot tell the lag (NULL after deletions or trims), the stream length
+stands in: an overestimate, so the producer errs towards slowing clients down, never towards
+accepting what cannot be processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from redis.exceptions import RedisError
+
+from ingest_shared.streams import is_transient
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from redis.asyncio import Redis
+
+REFRESH_INTERVAL_S = 0.25
+
+logger = structlog.get_logger(__name__)
+
+
+class BacklogMonitor:
+    """Keeps :attr:`backlog` and :attr:`overloaded` current while :meth:`running`."""
+
+    def __init__(self, redis: Redis, stream: str, group: str, max_backlog: int) -> None:
+        self._redis = redis
+        self._stream = stream
+        self._group = group
+        self.max_backlog = max_backlog
+        self.backlog: int | None = None
+        self.overloaded = False
+
+    async def refresh(self) -> None:
+        """Read the group's lag and pending count once (one round trip)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.execute_command("XINFO", "GROUPS", self._stream)
+        pipe.execute_command("XLEN", self._stream)
+        groups, length = await pipe.execute(raise_on_error=False)
+        if isinstance(groups, RedisError):  # no stream yet: nothing is waiting
+            groups = []
+        if isinstance(length, RedisError):
+            raise length
+        self.backlog = _backlog_of(groups, self._group, int(length))
+        self.overloaded = self.backlog > self.max_backlog
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[BacklogMonitor]:
+        """Refresh every 250 ms in a background task for the life of the block."""
+        task = asyncio.create_task(self._loop(), name="backlog-monitor")
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except (RedisError, OSError) as exc:
+                if not is_transient(exc):
+                    logger.warning("backlog_refresh_failed", error=str(exc))
+                # Unknown backlog: keep the last verdict; the ingest route reports Redis itself.
+            await asyncio.sleep(REFRESH_INTERVAL_S)
+
+
+def _backlog_of(groups: list[Any], group: str, length: int) -> int:
+    for info in groups:
+        fields = _as_dict(info)
+        name = fields.get("name")
+        if (name.decode() if isinstance(name, bytes) else name) != group:
+            continue
+        lag = fields.get("lag")
+        pending = int(fields.get("pending") or 0)
+        return (length if lag is None else int(lag)) + pending
+    # No group yet: every entry is waiting for the first worker.
+    return length
+
+
+def _as_dict(info: Any) -> dict[str, Any]:
+    """XINFO GROUPS entries come as dicts from redis-py's parser, or flat lists (RESP2 raw)."""
+    if isinstance(info, dict):
+        return {(k.decode() if isinstance(k, bytes) else k): v for k, v in info.items()}
+    pairs = iter(info)
+    return {
+        (k.decode() if isinstance(k, bytes) else k): v for k, v in zip(pairs, pairs, strict=False)
+    }

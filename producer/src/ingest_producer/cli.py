@@ -1,0 +1,68 @@
+"""``ingest-producer``: serve the API with uvicorn on INGEST_HTTP_HOST:INGEST_HTTP_PORT."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from ingest_producer.asgi import build_app
+from ingest_shared.exceptions import ConfigurationError
+from ingest_shared.logconfig import configure_logging
+from ingest_shared.settings import load_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ASGI_FACTORY = "ingest_producer.asgi:create_asgi_app"
+EXIT_CONFIGURATION = 2
+EXIT_STARTUP_FAILED = 3
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, except that a signal-initiated graceful shutdown exits normally.
+
+    uvicorn re-raises SIGTERM after shutting down, so the process dies of it (status -15);
+    a service that finished its requests and closed its Redis client should exit 0.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+
+def main() -> None:
+    """Parse the settings once, configure logging, serve until SIGTERM/SIGINT.
+
+    Exit status: 0 after a signal, 2 for a bad setting, 3 if the app failed to start.
+    """
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        print(f"ingest-producer: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIGURATION) from None
+    configure_logging(settings.log_level, settings.log_format)
+    options: dict[str, Any] = {
+        "host": settings.http_host,
+        "port": settings.http_port,
+        "loop": "auto",  # uvloop when installed
+        "http": "auto",  # httptools when installed
+        "lifespan": "on",
+        "access_log": False,
+        "log_config": None,  # keep the structlog setup above
+        "server_header": False,
+        "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace_s),
+    }
+    if settings.http_workers > 1:
+        # Several processes need an import string; each process then runs the factory.
+        uvicorn.run(ASGI_FACTORY, factory=True, workers=settings.http_workers, **options)
+        return
+    server = Server(uvicorn.Config(build_app(settings), **options))
+    server.run()
+    if not server.started:
+        raise SystemExit(EXIT_STARTUP_FAILED)

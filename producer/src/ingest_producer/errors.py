@@ -1,0 +1,157 @@
+"""Exception handlers: every error is a JSON ``ErrorBody``, never a stack trace.
+
+400  malformed JSON, nesting too deep         (ClientException)
+404/405/413/415                                (Litestar's HTTPException subclasses)
+422  schema or time-window violation          (ValidationException, InvalidEventError)
+503  Redis unreachable, hanging or busy        (transient RedisError/OSError,
+     + ``Retry-After``                          TransientStoreError)
+500  anything else; logged with its traceback
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from litestar import MediaType, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from redis.exceptions import RedisError
+
+from ingest_producer.models import ErrorBody, FieldError
+from ingest_shared.exceptions import InvalidEventError, TransientStoreError
+from ingest_shared.schema import JSON_ENCODER
+from ingest_shared.streams import is_transient
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from litestar import Request
+    from litestar.types import ExceptionHandlersMap
+
+RETRY_AFTER_SECONDS = 1
+# One "redis_unavailable" warning per interval, however many requests fail meanwhile.
+UNAVAILABLE_LOG_INTERVAL_S = 5.0
+
+_DESCRIPTIONS = {
+    400: "Malformed JSON, or JSON nested too deeply",
+    404: "No such route",
+    413: "Body larger than INGEST_MAX_BODY_BYTES (1 MiB by default)",
+    415: "Content-Type is not application/json (or another +json type)",
+    422: "The body or a query parameter failed validation; `errors` names each field",
+    500: "Unexpected server error (logged; no details are returned)",
+    503: "Redis is unreachable or too slow; retry after `Retry-After` seconds",
+}
+
+logger = structlog.get_logger(__name__)
+
+
+def error_responses(*status_codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries documenting the error responses a route can give."""
+    return {
+        code: ResponseSpec(ErrorBody, description=_DESCRIPTIONS[code], generate_examples=False)
+        for code in status_codes
+    }
+
+
+def error_response(
+    status_code: int,
+    detail: str,
+    errors: Sequence[FieldError] = (),
+    headers: dict[str, str] | None = None,
+) -> Response[bytes]:
+    """The JSON error response every handler returns."""
+    body = ErrorBody(status_code, detail, list(errors))
+    return Response(
+        JSON_ENCODER.encode(body),
+        status_code=status_code,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def validation_detail(errors: Sequence[FieldError]) -> str:
+    """One readable line summing up ``errors``."""
+    return "validation failed: " + "; ".join(f"{e.field or 'body'}: {e.message}" for e in errors)
+
+
+def _field_errors(extra: object) -> list[FieldError]:
+    """Ours are FieldErrors already; Litestar's parameter errors are dicts with key/message."""
+    if not isinstance(extra, list):
+        return []
+    errors: list[FieldError] = []
+    for item in extra:
+        if isinstance(item, FieldError):
+            errors.append(item)
+        elif isinstance(item, dict):
+            key = item.get("key")
+            errors.append(FieldError(None if key is None else str(key), str(item.get("message"))))
+    return errors
+
+
+class _Throttle:
+    """Says when an event may be logged again and how many were skipped meanwhile."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._next = 0.0
+        self._skipped = 0
+
+    def due(self) -> int | None:
+        """The number skipped since the last time, if it is time to log; else None."""
+        now = time.monotonic()
+        if now < self._next:
+            self._skipped += 1
+            return None
+        skipped, self._skipped, self._next = self._skipped, 0, now + self._interval_s
+        return skipped
+
+
+def exception_handlers() -> ExceptionHandlersMap:
+    """The app's exception handlers; their throttling state is per app."""
+    throttle = _Throttle(UNAVAILABLE_LOG_INTERVAL_S)
+
+    def on_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+        errors = _field_errors(exc.extra)
+        if isinstance(exc, ValidationException) and exc.status_code == 400:
+            # Litestar's own parameter validation (e.g. ?count=0): a schema violation.
+            detail = validation_detail(errors) if errors else exc.detail
+            return error_response(422, detail, errors)
+        return error_response(exc.status_code, exc.detail, errors, exc.headers)
+
+    def on_invalid_event(_: Request[Any, Any, Any], exc: InvalidEventError) -> Response[bytes]:
+        errors = [FieldError(exc.field, exc.reason)]
+        return error_response(422, validation_detail(errors), errors)
+
+    def on_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+        if not (isinstance(exc, TransientStoreError) or is_transient(exc)):
+            return on_unexpected(request, exc)
+        skipped = throttle.due()
+        if skipped is not None:
+            logger.warning(
+                "redis_unavailable",
+                error=str(exc),
+                error_type=type(exc).__name__,
+                path=request.scope["path"],
+                skipped=skipped,
+            )
+        return error_response(
+            503,
+            "Redis is unavailable, retry later",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+        if is_transient(exc):
+            return on_unavailable(request, exc)
+        logger.error("unhandled_error", path=request.scope["path"], exc_info=exc)
+        return error_response(500, "Internal server error")
+
+    return {
+        HTTPException: on_http_exception,
+        InvalidEventError: on_invalid_event,
+        TransientStoreError: on_unavailable,
+        RedisError: on_unavailable,
+        Exception: on_unexpected,
+    }

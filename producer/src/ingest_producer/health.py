@@ -1,0 +1,50 @@
+"""``GET /health`` (the process is alive) and ``GET /ready`` (it can do its work).
+
+No ``from __future__ import annotations`` here: Litestar reads handler annotations at runtime.
+"""
+
+from litestar import Response, get
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ingest_producer.models import Health
+from ingest_shared.exceptions import ConfigurationError
+from ingest_shared.redis_client import call
+from ingest_shared.timeseries import check_timeseries
+
+OK = Health("ok")
+
+
+def health_routes(redis: Redis) -> list[HTTPRouteHandler]:
+    """Liveness and readiness probes."""
+
+    @get("/health", tags=["health"], summary="Alive: always 200 while the process serves")
+    async def health() -> Health:
+        return OK
+
+    @get(
+        "/ready",
+        tags=["health"],
+        summary="Ready: Redis answers PING and has TimeSeries",
+        responses={
+            200: ResponseSpec(Health, description="Ready", generate_examples=False),
+            503: ResponseSpec(
+                Health, description="Not ready; `reason` says why", generate_examples=False
+            ),
+        },
+    )
+    async def ready() -> Response[Health]:
+        try:
+            await call(redis, "PING")
+            await check_timeseries(redis)
+        except ConfigurationError as exc:
+            reason = str(exc)
+        except (RedisError, OSError) as exc:
+            reason = f"redis unavailable: {type(exc).__name__}: {exc}"
+        else:
+            return Response(OK)
+        return Response(Health("unavailable", reason), status_code=503)
+
+    return [health, ready]
