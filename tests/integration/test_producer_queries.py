@@ -143,7 +143,7 @@ async def test_summary_of_an_empty_redis_is_zeros_without_stream_or_group(
 
     assert response.status_code == 200
     assert response.json() == {
-        "queue": {"total": 0, "pending": 0, "dead_lettered": 0},
+        "queue": {"total": 0, "pending": 0, "dead_lettered": 0, "added": 0},
         "metrics": [],
     }
 
@@ -160,7 +160,7 @@ async def test_summary_counts_total_pending_and_dead_lettered_entries(
 
     response = await client.get("/api/ingest/summary")
 
-    assert response.json()["queue"] == {"total": 5, "pending": 2, "dead_lettered": 1}
+    assert response.json()["queue"] == {"total": 5, "pending": 2, "dead_lettered": 1, "added": 5}
 
 
 async def test_summary_lists_metrics_sorted_with_latest_raw_and_closed_rollup(
@@ -295,7 +295,7 @@ async def test_health_and_ready_are_ok_with_redis_up(client: Client) -> None:
     ready = await client.get("/ready")
 
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
-    assert (ready.status_code, ready.json()) == (200, {"status": "ok"})
+    assert (ready.status_code, ready.json()) == (200, {"status": "ok", "backlog": 0, "overloaded": False})
 
 
 async def test_ready_is_503_naming_the_reason_when_timeseries_is_unusable(

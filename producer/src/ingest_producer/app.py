@@ -11,6 +11,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 
 from ingest_producer.appender import EventAppender
+from ingest_producer.auth import KeyRing, key_guard
+from ingest_producer.backlog import BacklogMonitor
 from ingest_producer.errors import exception_handlers
 from ingest_producer.health import health_routes
 from ingest_producer.ingest import enqueue_route, process_route
@@ -53,6 +55,11 @@ def create_app(
     )
     processor = BatchProcessor(redis, keys, group, layout, window)
     appender = EventAppender(redis, keys)
+    ring = KeyRing(settings.write_keys, settings.read_keys)
+    backlog = BacklogMonitor(redis, keys.stream, group, settings.max_backlog)
+
+    def watch_backlog(_: Litestar) -> AbstractAsyncContextManager[object]:
+        return backlog.running()
 
     async def prepare_redis() -> None:
         try:
@@ -65,6 +72,11 @@ def create_app(
                 raise
             # Both steps are repeated on demand once Redis is back.
             logger.warning("redis_unavailable_at_startup", error=str(exc))
+        if ring.open:
+            logger.warning(
+                "auth_disabled",
+                hint="set INGEST_API_KEYS (and INGEST_READ_KEYS) to require API keys",
+            )
         logger.info("producer_started", stream=keys.stream, group=group)
 
     return Litestar(
@@ -72,10 +84,11 @@ def create_app(
             enqueue_route(window, appender),
             process_route(redis, keys.stream, group, processor),
             *query_routes(redis, keys, group),
-            *health_routes(redis),
+            *health_routes(redis, backlog),
         ],
+        guards=[key_guard(ring)],
         on_startup=[prepare_redis],
-        lifespan=list(lifespan),
+        lifespan=[*lifespan, watch_backlog],
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.max_body_bytes,
         # structlog is configured by the entry point; Litestar must not install its own.

@@ -36,12 +36,19 @@ UNAVAILABLE_LOG_INTERVAL_S = 5.0
 
 _DESCRIPTIONS = {
     400: "Malformed JSON, or JSON nested too deeply",
+    401: "No API key, or an unknown one (Authorization: Bearer <key> or X-API-Key)",
+    403: "The API key may only read",
     404: "No such route",
+    409: "The Idempotency-Key was used before with a different body",
     413: "Body larger than INGEST_MAX_BODY_BYTES (1 MiB by default)",
     415: "Content-Type is not application/json (or another +json type)",
     422: "The body or a query parameter failed validation; `errors` names each field",
+    429: "Rate limit exceeded; retry after `Retry-After` seconds",
     500: "Unexpected server error (logged; no details are returned)",
-    503: "Redis is unreachable or too slow; retry after `Retry-After` seconds",
+    503: (
+        "Redis is unreachable or too slow, the backlog exceeds INGEST_MAX_BACKLOG, or the "
+        "durability wait failed; retry after `Retry-After` seconds"
+    ),
 }
 
 logger = structlog.get_logger(__name__)

@@ -9,6 +9,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ingest_producer.backlog import BacklogMonitor
 from ingest_producer.models import Health
 from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.redis_client import call
@@ -17,7 +18,7 @@ from ingest_shared.timeseries import check_timeseries
 OK = Health("ok")
 
 
-def health_routes(redis: Redis) -> list[HTTPRouteHandler]:
+def health_routes(redis: Redis, backlog: BacklogMonitor) -> list[HTTPRouteHandler]:
     """Liveness and readiness probes."""
 
     @get("/health", tags=["health"], summary="Alive: always 200 while the process serves")
@@ -44,7 +45,9 @@ def health_routes(redis: Redis) -> list[HTTPRouteHandler]:
         except (RedisError, OSError) as exc:
             reason = f"redis unavailable: {type(exc).__name__}: {exc}"
         else:
-            return Response(OK)
+            # Overload stays "ready": writes get 503 + Retry-After, which a client can act on,
+            # while an unready producer would be dropped from its load balancer altogether.
+            return Response(Health("ok", backlog=backlog.backlog, overloaded=backlog.overloaded))
         return Response(Health("unavailable", reason), status_code=503)
 
     return [health, ready]

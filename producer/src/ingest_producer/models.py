@@ -28,11 +28,13 @@ class ProcessRequest(Base):
 
 
 class QueueSummary(Base):
-    """Entries in the stream, delivered but unacknowledged entries, dead-lettered entries."""
+    """Entries in the stream now, delivered but unacknowledged ones, dead-lettered ones, and
+    entries ever appended (``added``: the stream is trimmed, so ``total`` stops growing)."""
 
     total: int
     pending: int
     dead_lettered: int
+    added: int = 0
 
 
 class Point(Base):
@@ -72,6 +74,10 @@ class Health(Base, omit_defaults=True):
 
     status: str
     reason: str | None = None
+    # /ready only: entries waiting for the workers (undelivered + pending), and whether writes
+    # are being refused with 503 because it exceeds INGEST_MAX_BACKLOG.
+    backlog: int | None = None
+    overloaded: bool | None = None
 
 
 class FieldError(Base):

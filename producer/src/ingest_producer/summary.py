@@ -12,6 +12,7 @@ from litestar.params import Parameter
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from ingest_producer.auth import ACCESS_OPT, Access
 from ingest_producer.errors import error_responses
 from ingest_producer.models import MetricSummary, Point, QueueSummary, RecentEntry, Summary
 from ingest_producer.openapi import ParameterOperation
@@ -22,6 +23,7 @@ from ingest_shared.redis_client import call
 # Replies that mean "nothing there yet" rather than a failure.
 _NO_GROUP = "NOGROUP"
 _NO_SERIES = "does not exist"
+_NO_KEY = "no such key"
 
 
 def query_routes(redis: Redis, keys: Keys, group: str) -> list[HTTPRouteHandler]:
@@ -29,7 +31,8 @@ def query_routes(redis: Redis, keys: Keys, group: str) -> list[HTTPRouteHandler]
 
     @get(
         "/api/ingest/summary",
-        responses=error_responses(500, 503),
+        responses=error_responses(401, 403, 500, 503),
+        opt={ACCESS_OPT: Access.READ},
         tags=["queries"],
         summary="Queue health and the latest raw and rollup value of every metric",
     )
@@ -38,7 +41,8 @@ def query_routes(redis: Redis, keys: Keys, group: str) -> list[HTTPRouteHandler]
 
     @get(
         "/api/ingest/events/recent",
-        responses=error_responses(422, 500, 503),
+        responses=error_responses(401, 403, 422, 500, 503),
+        opt={ACCESS_OPT: Access.READ},
         operation_class=ParameterOperation,
         tags=["queries"],
         summary="The newest stream entries, newest first",
@@ -58,11 +62,13 @@ async def read_summary(redis: Redis, keys: Keys, group: str) -> Summary:
     pipe.xpending(keys.stream, group)
     pipe.xlen(keys.dead_letter)
     pipe.smembers(keys.metrics)
-    total, pending, dead_lettered, members = await pipe.execute(raise_on_error=False)
+    pipe.execute_command("XINFO", "STREAM", keys.stream)
+    total, pending, dead_lettered, members, info = await pipe.execute(raise_on_error=False)
     queue = QueueSummary(
         total=_count(total),
         pending=_pending_count(pending),
         dead_lettered=_count(dead_lettered),
+        added=_entries_added(info),
     )
     if isinstance(members, Exception):
         raise members
@@ -115,6 +121,18 @@ def _count(reply: object) -> int:
         msg = f"unexpected reply {reply!r}, expected an integer"
         raise TypeError(msg)
     return reply
+
+
+def _entries_added(reply: object) -> int:
+    """XINFO STREAM's entries-added; a missing stream has had none."""
+    if isinstance(reply, ResponseError) and _NO_KEY in str(reply):
+        return 0
+    if isinstance(reply, Exception):
+        raise reply
+    if not isinstance(reply, dict):  # redis-py parses XINFO STREAM into a dict
+        msg = f"unexpected XINFO STREAM reply {reply!r}"
+        raise TypeError(msg)
+    return int(reply.get("entries-added") or reply.get(b"entries-added") or 0)
 
 
 def _pending_count(reply: object) -> int:
