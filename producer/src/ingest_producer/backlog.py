@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 REFRESH_INTERVAL_S = 0.25
+STOP_TIMEOUT_S = 2.0
 
 logger = structlog.get_logger(__name__)
 
@@ -38,6 +39,7 @@ class BacklogMonitor:
         self.max_backlog = max_backlog
         self.backlog: int | None = None
         self.overloaded = False
+        self._stopping = asyncio.Event()
 
     async def refresh(self) -> None:
         """Read the group's lag and pending count once (one round trip)."""
@@ -55,23 +57,27 @@ class BacklogMonitor:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[BacklogMonitor]:
         """Refresh every 250 ms in a background task for the life of the block."""
+        self._stopping.clear()
         task = asyncio.create_task(self._loop(), name="backlog-monitor")
         try:
             yield self
         finally:
+            # The flag, not only cancel(): a cancellation landing inside a redis-py call can be
+            # absorbed there, and then the loop would go on and this await never return.
+            self._stopping.set()
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait([task], timeout=STOP_TIMEOUT_S)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.refresh()
             except (RedisError, OSError) as exc:
                 if not is_transient(exc):
                     logger.warning("backlog_refresh_failed", error=str(exc))
                 # Unknown backlog: keep the last verdict; the ingest route reports Redis itself.
-            await asyncio.sleep(REFRESH_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), REFRESH_INTERVAL_S)
 
 
 def _backlog_of(groups: list[Any], group: str, length: int) -> int:
