@@ -1,0 +1,1 @@
+"""The `make bench` harness: load scenarios, ceilings and the tutorial baseline (issue 4)."""

@@ -1,0 +1,1 @@
+"""The tutorial's design, re-implemented as a benchmark baseline (not product code)."""

@@ -1,0 +1,122 @@
+"""Run settings of the benchmark: parsed once from the command line, then passed down."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+WRK_DIR = BENCH_DIR / "wrk"
+RESULTS_DIR = BENCH_DIR / "results"
+
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7)
+
+# Key names the bench passes to the producer and worker; they match the product defaults.
+STREAM_KEY = "telemetry:events"
+DEAD_LETTER_KEY = "telemetry:events:dead-letter"
+CONSUMER_GROUP = "telemetry-workers"
+METRICS_KEY = "telemetry:metrics"
+SERIES_PREFIX = "telemetry:ts"
+
+# Redis logical databases: the product, the tutorial baseline and redis-benchmark never
+# share keys, so each can be reset without disturbing the others.
+PRODUCT_DB = 0
+BASELINE_DB = 1
+CEILING_DB = 2
+
+N_METRICS = 50
+N_SOURCES = 200
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """Everything that shapes one run."""
+
+    duration_s: float = 10.0
+    repetitions: int = 3
+    connections: int = 64
+    batch_connections: int = 16
+    batch_sizes: tuple[int, ...] = (100, 1000)
+    drain_events: int = 200_000
+    baseline_events: int = 20_000
+    baseline_counts: tuple[int, ...] = (10, 1000)
+    e2e_rate: int = 2_000
+    e2e_duration_s: float = 30.0
+    e2e_connections: int = 32
+    probe_rate: float = 20.0
+    redis_benchmark_requests: int | None = None  # None: calibrate to duration_s
+    scenarios: tuple[int, ...] = ALL_SCENARIOS
+    install_wrk: bool = True
+    profile: bool = False
+    quick: bool = False
+    results_dir: Path = RESULTS_DIR
+    write_results: bool = True
+
+    @classmethod
+    def quick_mode(cls) -> BenchConfig:
+        """A smoke run: every scenario once, for about a second or two each."""
+        return cls(
+            duration_s=1.5,
+            repetitions=1,
+            drain_events=20_000,
+            baseline_events=2_000,
+            e2e_duration_s=3.0,
+            redis_benchmark_requests=0,
+            quick=True,
+        )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Run the telemetry-ingest benchmark (issue 4) against a fresh local Redis.",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: ~1-2 s per figure, 1 rep")
+    parser.add_argument("--duration", type=float, help="seconds per measured figure (default 10)")
+    parser.add_argument("--reps", type=int, help="repetitions per figure (default 3)")
+    parser.add_argument("--e2e-duration", type=float, help="seconds of offered load (default 30)")
+    parser.add_argument("--e2e-rate", type=int, help="offered events/s end to end (default 2000)")
+    parser.add_argument("--drain-events", type=int, help="worker backlog size (default 200000)")
+    parser.add_argument("--baseline-events", type=int, help="baseline backlog (default 20000)")
+    parser.add_argument(
+        "--only", help="comma-separated scenario numbers to run, e.g. 1,2,6 (default all)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="add an unmeasured py-spy repetition for the producer and the worker",
+    )
+    parser.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/results/")
+    parser.add_argument("--results-dir", type=Path, help="where to write <date>.json and .md")
+    args = parser.parse_args(argv)
+
+    config = BenchConfig.quick_mode() if args.quick else BenchConfig()
+    overrides: dict[str, object] = {}
+    for attr, name in (
+        ("duration", "duration_s"),
+        ("reps", "repetitions"),
+        ("e2e_duration", "e2e_duration_s"),
+        ("e2e_rate", "e2e_rate"),
+        ("drain_events", "drain_events"),
+        ("baseline_events", "baseline_events"),
+        ("results_dir", "results_dir"),
+    ):
+        value = getattr(args, attr)
+        if value is not None:
+            overrides[name] = value
+    if args.only:
+        overrides["scenarios"] = tuple(sorted({int(p) for p in args.only.split(",") if p.strip()}))
+    if args.profile:
+        overrides["profile"] = True
+    if args.no_install:
+        overrides["install_wrk"] = False
+    if args.no_write:
+        overrides["write_results"] = False
+    return replace(config, **overrides)  # type: ignore[arg-type]

@@ -1,0 +1,197 @@
+"""The state one benchmark run shares: the Redis server, the servers under test, results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import redis
+
+from bench.config import (
+    BASELINE_DB,
+    CONSUMER_GROUP,
+    DEAD_LETTER_KEY,
+    METRICS_KEY,
+    PRODUCT_DB,
+    SERIES_PREFIX,
+    STREAM_KEY,
+)
+from bench.loadgen import log
+from bench.procs import (
+    HOST,
+    RssSampler,
+    Server,
+    ServerError,
+    base_env,
+    free_port,
+    http_ready,
+    uvicorn_argv,
+    venv_script,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from bench.config import BenchConfig
+    from bench.profile import ProfileSummary
+    from bench.results import Results
+    from ingest_devtools.localredis import LocalRedis
+
+SAMPLE_EVENT = {"source": "sensor-a", "metric": "cpu", "value": 12.5}
+
+
+@dataclass
+class Bench:
+    config: BenchConfig
+    redis_server: LocalRedis
+    workdir: Path
+    results: Results
+    wrk: str | None
+    sampler: RssSampler = field(default_factory=RssSampler)
+    servers: dict[str, Server] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    profiles: dict[str, tuple[str, ProfileSummary]] = field(default_factory=dict)
+    _clients: dict[int, redis.Redis] = field(default_factory=dict)
+
+    # --- Redis ---------------------------------------------------------------------------
+
+    def redis_url(self, db: int) -> str:
+        return f"redis://{HOST}:{self.redis_server.port}/{db}"
+
+    def client(self, db: int) -> redis.Redis:
+        """The bench's own connection to logical database `db` (closed by close())."""
+        if db not in self._clients:
+            self._clients[db] = redis.Redis(
+                host=HOST, port=self.redis_server.port, db=db, socket_timeout=120
+            )
+        return self._clients[db]
+
+    def close(self) -> None:
+        """Stop every server this run started and close its Redis connections."""
+        self.stop_all()
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    # --- servers -------------------------------------------------------------------------
+
+    def product_env(self, **extra: str) -> dict[str, str]:
+        return base_env(
+            {
+                "REDIS_URL": self.redis_url(PRODUCT_DB),
+                "INGEST_STREAM_KEY": STREAM_KEY,
+                "INGEST_DEAD_LETTER_KEY": DEAD_LETTER_KEY,
+                "INGEST_CONSUMER_GROUP": CONSUMER_GROUP,
+                "INGEST_METRICS_KEY": METRICS_KEY,
+                "INGEST_SERIES_PREFIX": SERIES_PREFIX,
+                "INGEST_LOG_LEVEL": "warning",
+                # No worker drains during scenarios 2-3: the producer's backpressure (503 above
+                # INGEST_MAX_BACKLOG, default 1,000,000) would cut a batch run short.
+                "INGEST_MAX_BACKLOG": "1000000000",
+                **extra,
+            }
+        )
+
+    def _start(self, server: Server) -> Server | None:
+        if server.name in self.servers and self.servers[server.name].alive():
+            return self.servers[server.name]
+        if server.name in self.unavailable:
+            return None
+        log(f"starting {server.name}")
+        try:
+            server.start()
+        except (ServerError, OSError) as exc:
+            reason = str(exc).splitlines()[0]
+            self.unavailable[server.name] = reason
+            self.results.errors.append(f"{server.name}: {exc}")
+            log(f"{server.name} unavailable: {reason}")
+            return None
+        self.servers[server.name] = server
+        self.sampler.watch(server)
+        return server
+
+    def stop(self, name: str) -> None:
+        server = self.servers.pop(name, None)
+        if server is not None:
+            self.sampler.unwatch(server)
+            log(f"stopping {name}")
+            server.stop()
+
+    def stop_all(self) -> None:
+        for name in list(self.servers):
+            self.stop(name)
+
+    def producer(self, workers: int = 1) -> Server | None:
+        """`ingest-producer` with `workers` uvicorn processes, or None (reason recorded)."""
+        name = f"producer-{workers}p"
+        if name in self.servers:
+            return self.servers[name]
+        script = venv_script("ingest-producer")
+        if script is None:
+            self.unavailable.setdefault(name, "ingest-producer is not installed")
+            return None
+        port = free_port()
+        env = self.product_env(
+            INGEST_HTTP_HOST=HOST, INGEST_HTTP_PORT=str(port), INGEST_HTTP_WORKERS=str(workers)
+        )
+        server = Server(
+            name, [str(script)], env, self.workdir / "logs",
+            ready=http_ready(f"http://{HOST}:{port}/ready"), port=port,
+        )  # fmt: skip
+        return self._start(server)
+
+    def worker(self, index: int) -> Server | None:
+        """`ingest-worker` process number `index` (its own consumer name)."""
+        name = f"worker-{index}"
+        if name in self.servers:
+            return self.servers[name]
+        script = venv_script("ingest-worker")
+        if script is None:
+            self.unavailable.setdefault(name, "ingest-worker is not installed")
+            return None
+        env = self.product_env(INGEST_CONSUMER_NAME=f"bench-worker-{index}")
+        server = Server(name, [str(script)], env, self.workdir / "logs")
+        return self._start(server)
+
+    def minimal_app(self) -> Server | None:
+        name = "minimal-litestar"
+        if name in self.servers:
+            return self.servers[name]
+        port = free_port()
+        server = Server(
+            name, uvicorn_argv("bench.minimal_app:app", port), base_env({}), self.workdir / "logs",
+            ready=http_ready(f"http://{HOST}:{port}/api/ingest/events", "POST", SAMPLE_EVENT),
+            port=port,
+        )  # fmt: skip
+        return self._start(server)
+
+    def baseline(self) -> Server | None:
+        name = "baseline"
+        if name in self.servers:
+            return self.servers[name]
+        port = free_port()
+        env = base_env(
+            {
+                "REDIS_URL": self.redis_url(BASELINE_DB),
+                "INGEST_STREAM_KEY": STREAM_KEY,
+                "INGEST_DEAD_LETTER_KEY": DEAD_LETTER_KEY,
+                "INGEST_CONSUMER_GROUP": CONSUMER_GROUP,
+                "INGEST_METRICS_KEY": METRICS_KEY,
+            }
+        )
+        server = Server(
+            name, uvicorn_argv("bench.baseline.app:app", port), env, self.workdir / "logs",
+            ready=http_ready(f"http://{HOST}:{port}/api/ingest/summary"), port=port,
+        )  # fmt: skip
+        return self._start(server)
+
+    def why_unavailable(self, name: str) -> str:
+        return self.unavailable.get(name, f"{name} unavailable")
+
+    # --- memory marks --------------------------------------------------------------------
+
+    def mark(self, name: str, label: str, *, first_only: bool = False) -> None:
+        track = self.sampler.tracks.get(name)
+        if first_only and track is not None and label in track.marks:
+            return
+        self.sampler.mark(name, label)

@@ -1,0 +1,1 @@
+"""One module per group of scenarios; each takes the shared Bench and records figures."""
