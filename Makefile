@@ -44,13 +44,11 @@ format: install ## apply ruff's fixes and formatting
 	$(UV) run --frozen ruff check --fix .
 	$(UV) run --frozen ruff format .
 
-bench: install ## the benchmark suite: prints a table, writes bench/results/<date>.{json,md}
-	$(UV) sync --all-packages --frozen --group bench
-	$(UV) run --frozen --group bench python -m bench.run
+bench: install ## the benchmark suite (installs wrk): prints a table, writes bench/results/<date>.{json,md}
+	$(UV) run --frozen python -m bench.run
 
-bench-quick: install ## a short smoke run of the benchmark harness
-	$(UV) sync --all-packages --frozen --group bench
-	$(UV) run --frozen --group bench python -m bench.run --quick
+bench-quick: install ## a ~40 s run of the benchmark suite, one repetition, nothing written
+	$(UV) run --frozen python -m bench.run --quick --no-write
 
 up: ## with Docker: Redis 8 + producer + worker (scale with: docker compose up --scale worker=3)
 	docker compose up --build
