@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError, ResponseError
 
 from ingest_shared.exceptions import InvalidEventError, TransientStoreError
-from ingest_shared.redis_client import call
+from ingest_shared.redis_client import call_packed, pack
 from ingest_shared.schema import Base, Sample, now_ms, sample_from_entry
 from ingest_shared.streams import dead_letter_fields, is_transient
-from ingest_shared.timeseries import ensure_series, is_retryable, madd_args, series_pair
+from ingest_shared.timeseries import ensure_series, is_retryable, madd_command, packed_pair
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ingest_shared.keys import Keys
     from ingest_shared.schema import TimeWindow
     from ingest_shared.streams import Entry
-    from ingest_shared.timeseries import SeriesLayout, SeriesPair
+    from ingest_shared.timeseries import KnownSeries, SeriesLayout
 
 # Remembered (metric, source) pairs whose series exist; past this many, start again (a cache
 # miss costs one idempotent setup round trip, never correctness).
@@ -56,11 +56,14 @@ class BatchProcessor:
     ) -> None:
         self._redis = redis
         self._keys = keys
-        self._group = group
+        self._group = group.encode()
+        self._stream = keys.stream.encode()
         self._layout = layout
         self._window = window
-        # (metric, source) pairs whose series exist, with their encoded raw series keys.
-        self._known: dict[tuple[str, str], SeriesPair] = {}
+        # (metric, source) pairs whose series exist, with their raw series keys packed for RESP.
+        # Nested by metric, then source: str keys hash once, a (metric, source) tuple per sample
+        # would be built and hashed on every lookup.
+        self._known: KnownSeries = {}
 
     async def process(
         self, entries: Sequence[Entry], consumer: str, forced: Mapping[bytes, str] | None = None
@@ -85,7 +88,10 @@ class BatchProcessor:
     ) -> BatchResult:
         now = now_ms()
         ids: list[bytes] = []
-        stored: list[tuple[bytes, Sample]] = []
+        # Parallel lists, entry ids and their samples: TS.MADD takes the samples as they are.
+        stored_ids: list[bytes] = []
+        samples: list[Sample] = []
+        window = self._window
         failures: list[Failure] = []
         for entry_id, fields in entries:
             ids.append(entry_id)
@@ -98,12 +104,14 @@ class BatchProcessor:
                 failures.append((entry_id, reason, fields))
                 continue
             try:
-                stored.append((entry_id, sample_from_entry(entry_id, fields, self._window, now)))
+                samples.append(sample_from_entry(entry_id, fields, window, now))
             except InvalidEventError as exc:
                 failures.append((entry_id, exc.reason, fields))
+            else:
+                stored_ids.append(entry_id)
         rejected: dict[bytes, str] = {}
-        if stored:
-            rejected = await self._store(stored)
+        if samples:
+            rejected = await self._store(stored_ids, samples)
             if rejected:
                 by_id = dict(entries)
                 failures += [(eid, why, by_id.get(eid)) for eid, why in rejected.items()]
@@ -112,28 +120,28 @@ class BatchProcessor:
         acked = await self._ack(ids) if ids else 0
         return BatchResult(
             read=len(entries),
-            processed=len(stored) - len(rejected),
+            processed=len(samples) - len(rejected),
             dead_lettered=len(failures),
             acked=acked,
         )
 
-    async def _store(self, stored: list[tuple[bytes, Sample]]) -> dict[bytes, str]:
-        """Write every sample (TS.MADD, one round trip); return rejected entry ids and why."""
+    async def _store(self, ids: list[bytes], samples: list[Sample]) -> dict[bytes, str]:
+        """Write every sample (TS.MADD, one round trip); return rejected entry ids and why.
+
+        ``ids[i]`` is the entry of ``samples[i]``.
+        """
         known = self._known
-        # A comprehension, not `set - known.keys()`: that copies every known pair per batch.
-        new = {pair for _, s in stored if (pair := (s.metric, s.source)) not in known}
-        if new:
-            await ensure_series(self._redis, self._keys, self._layout, new)
-            if len(known) + len(new) > _KNOWN_SERIES_LIMIT:
-                known.clear()
-            known.update({pair: series_pair(self._keys, *pair) for pair in new})
-        args = madd_args(self._keys, (s for _, s in stored), known)
-        results = await call(self._redis, *args)
+        try:
+            command = madd_command(samples, known)
+        except KeyError:  # a pair seen for the first time (or since the cache was reset)
+            await self._set_up_series(samples)
+            command = madd_command(samples, known)
+        results = await call_packed(self._redis, command)
         rejected: dict[bytes, str] = {}
         retry: list[tuple[bytes, Sample]] = []
         if all(type(r) is int for r in results):
             return rejected
-        for index, (entry_id, sample) in enumerate(stored):
+        for index, (entry_id, sample) in enumerate(zip(ids, samples, strict=True)):
             errors = [r for r in results[2 * index : 2 * index + 2] if isinstance(r, ResponseError)]
             if not errors:
                 continue
@@ -145,13 +153,28 @@ class BatchProcessor:
             rejected |= await self._store_one_by_one(retry)
         return rejected
 
+    async def _set_up_series(self, samples: list[Sample]) -> None:
+        """Create the series of every pair in ``samples`` not known yet, and remember them."""
+        known = self._known
+        new = {(s.metric, s.source) for s in samples if s.source not in known.get(s.metric, ())}
+        if sum(map(len, known.values())) + len(new) > _KNOWN_SERIES_LIMIT:
+            # Start again; this batch's pairs go through the (idempotent) setup once more.
+            known.clear()
+            new = {(s.metric, s.source) for s in samples}
+        await ensure_series(self._redis, self._keys, self._layout, new)
+        self._remember(new)
+
+    def _remember(self, pairs: set[tuple[str, str]]) -> None:
+        for metric, source in pairs:
+            self._known.setdefault(metric, {})[source] = packed_pair(self._keys, metric, source)
+
     async def _store_one_by_one(self, samples: list[tuple[bytes, Sample]]) -> dict[bytes, str]:
         """Slow path: recreate missing series, then TS.ADD ... ON_DUPLICATE LAST each sample."""
         pairs = {(s.metric, s.source) for _, s in samples}
         for pair in pairs:
-            self._known.pop(pair, None)
+            self._known.get(pair[0], {}).pop(pair[1], None)
         await ensure_series(self._redis, self._keys, self._layout, pairs)
-        self._known.update({pair: series_pair(self._keys, *pair) for pair in pairs})
+        self._remember(pairs)
         pipe = self._redis.pipeline(transaction=False)
         for _, (metric, source, ts, value) in samples:
             for key in (self._keys.raw(metric), self._keys.source_raw(metric, source)):
@@ -177,5 +200,5 @@ class BatchProcessor:
         await pipe.execute(raise_on_error=True)
 
     async def _ack(self, ids: list[bytes]) -> int:
-        acked = await call(self._redis, "XACK", self._keys.stream, self._group, *ids)
-        return int(acked)
+        command = pack(b"XACK", self._stream, self._group, *ids)
+        return int(await call_packed(self._redis, command))

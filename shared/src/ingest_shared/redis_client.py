@@ -40,3 +40,29 @@ def create_redis(
 async def call(redis: Redis, *args: EncodableT) -> Any:
     """``execute_command`` with typed arguments (redis-py leaves it untyped)."""
     return await redis.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def pack(*args: bytes) -> bytes:
+    """One command in RESP, for :func:`call_packed`: linear in its size, unlike redis-py's
+    ``pack_command``, which re-copies a growing buffer for every argument of a long command.
+    """
+    parts = [b"*%d\r\n" % len(args)]
+    parts += [b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args]
+    return b"".join(parts)
+
+
+async def call_packed(redis: Redis, command: bytes) -> Any:
+    """Send one command already encoded in RESP and return its unparsed reply.
+
+    For commands with thousands of arguments (see :func:`pack` and ``timeseries.madd_command``).
+    Like ``execute_command`` without retries or a response callback: an error reply raises
+    ResponseError, per-element errors stay in the reply, and a connection that fails or is
+    cancelled mid-command is disconnected by redis-py before it returns to the pool.
+    """
+    pool = redis.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await connection.send_packed_command(command)
+        return await connection.read_response()
+    finally:
+        await pool.release(connection)

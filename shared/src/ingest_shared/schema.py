@@ -7,6 +7,8 @@ stream entry with :func:`sample_from_entry`, because other writers may put anyth
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 from typing import Annotated, NamedTuple
 
 import msgspec
@@ -20,10 +22,11 @@ _EPOCH_NAIVE = dt.datetime(1970, 1, 1)
 _ONE_MS = dt.timedelta(milliseconds=1)
 
 # \A...\Z, never ^...$: "$" also matches before a trailing newline, and these become key names.
-Metric = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"\A[A-Za-z0-9_.\-]+\Z")]
-Source = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"\A[A-Za-z0-9_.:@/\-]+\Z")
-]
+_NAME_MAX = 128
+_METRIC_PATTERN = r"\A[A-Za-z0-9_.\-]+\Z"
+_SOURCE_PATTERN = r"\A[A-Za-z0-9_.:@/\-]+\Z"
+Metric = Annotated[str, msgspec.Meta(min_length=1, max_length=_NAME_MAX, pattern=_METRIC_PATTERN)]
+Source = Annotated[str, msgspec.Meta(min_length=1, max_length=_NAME_MAX, pattern=_SOURCE_PATTERN)]
 # The bounds reject Infinity (JSON 1e400) and NaN (it fails every comparison).
 FiniteFloat = Annotated[float, msgspec.Meta(ge=-_MAX_FLOAT, le=_MAX_FLOAT)]
 
@@ -124,10 +127,115 @@ class TimeWindow(Base):
         return EventOut(event.source, event.metric, event.value, format_ms(ts))
 
 
+# The worker's fast path (see sample_from_entry). It only ever accepts; anything it is not sure
+# of goes through msgspec, so errors and edge cases stay msgspec's. A hypothesis test
+# (tests/unit/test_schema_fastpath.py) checks that both paths agree.
+_METRIC_RE = re.compile(_METRIC_PATTERN)
+_SOURCE_RE = re.compile(_SOURCE_PATTERN)
+# A JSON number, the only text msgspec's lax str -> float conversion accepts.
+_NUMBER_RE = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+_SECOND_RE = re.compile(rb"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})")
+# Validated names and RFC 3339 seconds seen recently; reset when full, so memory stays bounded.
+_CACHE_LIMIT = 65_536
+_metrics: dict[bytes, str] = {}
+_sources: dict[bytes, str] = {}
+_seconds: dict[bytes, int] = {}
+
+
+def _valid_name(raw: bytes, pattern: re.Pattern[str], cache: dict[bytes, str]) -> str | None:
+    """``raw`` as str if it passes the Metric or Source rule (``pattern``), else None."""
+    # Both patterns are ASCII-only, so the length in bytes is the length in characters.
+    if not raw.isascii() or len(raw) > _NAME_MAX:
+        return None
+    name = raw.decode()
+    if pattern.search(name) is None:
+        return None
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[raw] = name
+    return name
+
+
+def _epoch_second(text: bytes) -> int | None:
+    """Epoch seconds of ``YYYY-MM-DDTHH:MM:SS`` (UTC), or None if not exactly that and valid."""
+    match = _SECOND_RE.fullmatch(text)
+    if match is None:
+        return None
+    try:
+        year, month, day, hour, minute, sec = map(int, match.groups())
+        moment = dt.datetime(year, month, day, hour, minute, sec, tzinfo=dt.UTC)
+    except ValueError:  # Feb 30, hour 24, year 0, ...
+        return None
+    second = (moment - EPOCH) // dt.timedelta(seconds=1)
+    if len(_seconds) >= _CACHE_LIMIT:
+        _seconds.clear()
+    _seconds[text] = second
+    return second
+
+
+def _occurred_ms(occurred: bytes) -> int | None:
+    """Epoch ms of ``YYYY-MM-DDTHH:MM:SS[.mmm]Z``, or None for anything else."""
+    size = len(occurred)
+    if size == 24 and occurred[19] == 46 and occurred[23] == 90 and occurred[20:23].isdigit():
+        millis = int(occurred[20:23])  # ".mmmZ"
+    elif size == 20 and occurred[19] == 90:  # "Z"
+        millis = 0
+    else:
+        return None
+    head = occurred[:19]
+    second = _seconds.get(head)
+    if second is None:
+        second = _epoch_second(head)
+        if second is None:
+            return None
+    return second * 1000 + millis
+
+
+def _fast_sample(fields: dict[bytes, bytes], window: TimeWindow, now: int) -> Sample | None:
+    """The Sample of an entry exactly as the producer writes it, or None to take the slow path.
+
+    Accepts ``value`` as a JSON number and ``occurredAt`` as ``YYYY-MM-DDTHH:MM:SS[.mmm]Z``.
+    """
+    metric = fields.get(keys.FIELD_METRIC)
+    source = fields.get(keys.FIELD_SOURCE)
+    raw_value = fields.get(keys.FIELD_VALUE)
+    occurred = fields.get(keys.FIELD_OCCURRED_AT)
+    if metric is None or source is None or raw_value is None or occurred is None:
+        return None
+    # Valid names are never empty, so `or` only runs the check on a cache miss.
+    metric_name = _metrics.get(metric) or _valid_name(metric, _METRIC_RE, _metrics)
+    source_name = _sources.get(source) or _valid_name(source, _SOURCE_RE, _sources)
+    if metric_name is None or source_name is None or _NUMBER_RE.fullmatch(raw_value) is None:
+        return None
+    value = float(raw_value)
+    # 0: msgspec reads "-0" as the integer 0, so +0.0, where float() gives -0.0.
+    if not math.isfinite(value) or value == 0.0:
+        return None
+    ts = _occurred_ms(occurred)
+    if ts is None:
+        return None
+    # TimeWindow.timestamp_ms's conditions: outside them, the slow path raises its error.
+    if ts > now + window.max_clock_skew_ms or ts < now - window.retention_ms or ts < 0:
+        return None
+    # tuple.__new__: Sample(...) runs a Python-level __new__, a visible cost per entry.
+    return tuple.__new__(Sample, (metric_name, source_name, ts, value))
+
+
 def sample_from_entry(
     entry_id: bytes, fields: dict[bytes, bytes], window: TimeWindow, now: int
 ) -> Sample:
     """Validate one stream entry written by anyone; raise InvalidEventError if it never can be."""
+    # The producer's own entries take the fast path; everything else gets msgspec's verdict.
+    sample = _fast_sample(fields, window, now)
+    if sample is not None:
+        return sample
+    return _slow_sample(entry_id, fields, window, now)
+
+
+def _slow_sample(
+    entry_id: bytes, fields: dict[bytes, bytes], window: TimeWindow, now: int
+) -> Sample:
+    """sample_from_entry through msgspec: the reference for what is valid, and every error."""
     try:
         raw = {
             "source": fields[keys.FIELD_SOURCE].decode(),
