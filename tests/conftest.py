@@ -7,10 +7,13 @@ AOF on, like `make run`, so code using WAITAOF works against it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 from typing import TYPE_CHECKING, Protocol
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -18,7 +21,10 @@ from ingest_devtools.localredis import LocalRedis
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+    from contextlib import AbstractAsyncContextManager
     from pathlib import Path
+
+    from litestar import Litestar
 
 REDIS_IMAGE = "redis:8.2"
 
@@ -88,3 +94,43 @@ async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
     await client.flushall()
     yield client
     await client.aclose()
+
+
+class AppClient(Protocol):
+    def __call__(self, app: Litestar) -> AbstractAsyncContextManager[httpx.AsyncClient]: ...
+
+
+@pytest.fixture
+def serve() -> AppClient:
+    """Serve ``app`` (lifespan included) on the test's own event loop, for an httpx client.
+
+    Litestar's AsyncTestClient runs the lifespan on a portal thread with a loop of its own,
+    so a background task started there (the backlog monitor) shares the Redis connection
+    pool with requests on the test's loop; that can hang at shutdown. The lifespan runs in a
+    task of its own: pytest-asyncio may set a fixture up and tear it down in different tasks.
+    """
+
+    @contextlib.asynccontextmanager
+    async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+        started, stop = asyncio.Event(), asyncio.Event()
+
+        async def run_lifespan() -> None:
+            async with app.lifespan():
+                started.set()
+                await stop.wait()
+
+        lifespan = asyncio.create_task(run_lifespan())
+        waiting = asyncio.create_task(started.wait())
+        await asyncio.wait({lifespan, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if lifespan.done():
+            waiting.cancel()
+            lifespan.result()  # the startup error
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # ASGI typing differs
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+                yield http
+        finally:
+            stop.set()
+            await lifespan
+
+    return client

@@ -6,15 +6,21 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
+from redis.exceptions import ResponseError
 
 from ingest_shared.functions import (
     Appended,
+    Conflict,
     Duplicate,
     Idempotency,
     RateLimit,
     RateLimited,
-    append_events,
+    Segment,
+    SegmentReply,
+    append_command,
+    append_segments,
     load_functions,
+    trim_stream,
 )
 from ingest_shared.redis_client import call
 from ingest_shared.schema import EventOut
@@ -33,8 +39,17 @@ async def loaded(redis: Redis) -> Redis:
     return redis
 
 
+async def append_one(redis: Redis, segment: Segment) -> SegmentReply:
+    [reply] = await append_segments(redis, KEYS, [segment])
+    return reply
+
+
+async def stream_ids(redis: Redis) -> list[bytes]:
+    return [entry_id for entry_id, _ in await call(redis, "XRANGE", KEYS.stream, "-", "+")]
+
+
 async def test_batch_is_appended_in_order_with_the_tutorial_fields(loaded: Redis) -> None:
-    reply = await append_events(loaded, KEYS, EVENTS)
+    reply = await append_one(loaded, Segment(EVENTS))
     assert isinstance(reply, Appended)
     entries = await loaded.xrange(KEYS.stream)
     assert entries is not None
@@ -49,31 +64,105 @@ async def test_batch_is_appended_in_order_with_the_tutorial_fields(loaded: Redis
 
 async def test_loading_twice_is_harmless(loaded: Redis) -> None:
     await load_functions(loaded)
-    assert isinstance(await append_events(loaded, KEYS, EVENTS[:1]), Appended)
+    assert isinstance(await append_one(loaded, Segment(EVENTS[:1])), Appended)
+
+
+async def test_one_call_answers_each_segment_on_its_own(loaded: Redis) -> None:
+    stored = Idempotency(KEYS.idempotency("stored"), 60_000, "hash-a", b"echo-a")
+    first = await append_one(loaded, Segment(EVENTS[:2], stored))
+    assert isinstance(first, Appended)
+    spent = RateLimit(KEYS.rate_limit("busy"), limit=1, window_ms=60_000)
+    assert isinstance(await append_one(loaded, Segment(EVENTS[:1], rate_limit=spent)), Appended)
+    await loaded.config_resetstat()
+
+    replies = await append_segments(
+        loaded,
+        KEYS,
+        [
+            Segment(EVENTS[10:13]),
+            Segment(EVENTS[20:21], stored),  # a repeat
+            Segment(EVENTS[30:31], Idempotency(stored.key, 60_000, "hash-b")),  # other body
+            Segment(EVENTS[40:42], rate_limit=spent),  # over its limit
+            Segment(EVENTS[45:46], rate_limit=RateLimit(KEYS.rate_limit("idle"), 1, 60_000)),
+        ],
+    )
+
+    stats = await loaded.info("commandstats")
+    assert stats["cmdstat_fcall"]["calls"] == 1
+    ok, dup, conflict, limited, other_client = replies
+    assert isinstance(ok, Appended)
+    assert len(ok.ids) == 3
+    assert dup == Duplicate(first.ids, b"echo-a")
+    assert conflict == Conflict()
+    assert isinstance(limited, RateLimited)
+    assert isinstance(other_client, Appended)
+    # Before the call: 2 + 1 entries; the call appended only the two accepted segments.
+    assert (await stream_ids(loaded))[3:] == [*ok.ids, *other_client.ids]
+
+
+async def test_a_payload_that_does_not_match_its_count_fails_the_whole_call(
+    loaded: Redis,
+) -> None:
+    command = append_command(KEYS, [Segment(EVENTS[:2]), Segment(EVENTS[2:4])])
+    # FCALL name numkeys stream | F names... | segments | 7 per segment, the count first.
+    second_count = 4 + 1 + 4 + 1 + 7
+    assert command[second_count] == 2
+    command[second_count] = 3
+
+    with pytest.raises(ResponseError, match="segment 2 payload does not hold 3 events"):
+        await call(loaded, *command)
+
+    assert await loaded.xlen(KEYS.stream) == 0
 
 
 async def test_repeat_with_the_same_idempotency_key_enqueues_nothing(loaded: Redis) -> None:
     guard = Idempotency(KEYS.idempotency("k1"), 60_000, "hash-a", b'{"count":2}')
-    first = await append_events(loaded, KEYS, EVENTS[:2], guard)
-    again = await append_events(loaded, KEYS, EVENTS[:2], guard)
+    first = await append_one(loaded, Segment(EVENTS[:2], guard))
+    again = await append_one(loaded, Segment(EVENTS[:2], guard))
     assert isinstance(first, Appended)
-    assert again == Duplicate(body_hash=b"hash-a", ids=first.ids, echo=b'{"count":2}')
+    assert again == Duplicate(ids=first.ids, echo=b'{"count":2}')
     assert await loaded.xlen(KEYS.stream) == 2
     assert 0 < await loaded.pttl(KEYS.idempotency("k1")) <= 60_000
+
+
+async def test_a_repeat_keeps_the_original_expiry(loaded: Redis) -> None:
+    guard = Idempotency(KEYS.idempotency("k3"), 60_000, "h")
+    await append_one(loaded, Segment(EVENTS[:1], guard))
+    expires_at = await call(loaded, "PEXPIRETIME", guard.key)
+
+    assert isinstance(await append_one(loaded, Segment(EVENTS[:1], guard)), Duplicate)
+
+    assert await call(loaded, "PEXPIRETIME", guard.key) == expires_at
+
+
+async def test_the_same_key_with_another_body_is_a_conflict(loaded: Redis) -> None:
+    key = KEYS.idempotency("k4")
+    await append_one(loaded, Segment(EVENTS[:1], Idempotency(key, 60_000, "hash-a")))
+    reply = await append_one(loaded, Segment(EVENTS[1:2], Idempotency(key, 60_000, "hash-b")))
+    assert reply == Conflict()
+    assert await loaded.xlen(KEYS.stream) == 1
 
 
 async def test_concurrent_repeats_enqueue_once(loaded: Redis) -> None:
     guard = Idempotency(KEYS.idempotency("k2"), 60_000, "h", b"{}")
     replies = await asyncio.gather(
-        *(append_events(loaded, KEYS, EVENTS[:3], guard) for _ in range(20))
+        *(append_one(loaded, Segment(EVENTS[:3], guard)) for _ in range(20))
     )
     assert sum(isinstance(reply, Appended) for reply in replies) == 1
+    assert sum(isinstance(reply, Duplicate) for reply in replies) == 19
+    assert await loaded.xlen(KEYS.stream) == 3
+
+
+async def test_repeats_within_one_call_enqueue_once(loaded: Redis) -> None:
+    guard = Idempotency(KEYS.idempotency("k5"), 60_000, "h")
+    replies = await append_segments(loaded, KEYS, [Segment(EVENTS[:3], guard)] * 5)
+    assert [type(reply) for reply in replies] == [Appended] + [Duplicate] * 4
     assert await loaded.xlen(KEYS.stream) == 3
 
 
 async def test_rate_limit_refuses_past_the_limit_and_enqueues_nothing(loaded: Redis) -> None:
     limit = RateLimit(KEYS.rate_limit("client-1"), limit=5, window_ms=60_000)
-    replies = [await append_events(loaded, KEYS, EVENTS[:2], rate_limit=limit) for _ in range(4)]
+    replies = [await append_one(loaded, Segment(EVENTS[:2], rate_limit=limit)) for _ in range(4)]
     assert [type(reply) for reply in replies] == [Appended, Appended, RateLimited, RateLimited]
     refused = replies[2]
     assert isinstance(refused, RateLimited)
@@ -81,16 +170,34 @@ async def test_rate_limit_refuses_past_the_limit_and_enqueues_nothing(loaded: Re
     assert await loaded.xlen(KEYS.stream) == 4
 
 
+async def test_rate_limit_counts_segments_of_one_call_in_order(loaded: Redis) -> None:
+    limit = RateLimit(KEYS.rate_limit("client-2"), limit=3, window_ms=60_000)
+    replies = await append_segments(loaded, KEYS, [Segment(EVENTS[:1], rate_limit=limit)] * 5)
+    assert [type(reply) for reply in replies] == [Appended] * 3 + [RateLimited] * 2
+    assert await loaded.xlen(KEYS.stream) == 3
+
+
 async def test_rate_limit_is_per_client(loaded: Redis) -> None:
     for client in ("a", "b"):
         limit = RateLimit(KEYS.rate_limit(client), limit=1, window_ms=60_000)
-        assert isinstance(await append_events(loaded, KEYS, EVENTS[:1], rate_limit=limit), Appended)
+        reply = await append_one(loaded, Segment(EVENTS[:1], rate_limit=limit))
+        assert isinstance(reply, Appended)
+
+
+async def test_a_repeat_is_not_counted_against_the_rate_limit(loaded: Redis) -> None:
+    limit = RateLimit(KEYS.rate_limit("c"), limit=1, window_ms=60_000)
+    guard = Idempotency(KEYS.idempotency("k6"), 60_000, "h")
+    first = await append_one(loaded, Segment(EVENTS[:1], guard, limit))
+    again = await append_one(loaded, Segment(EVENTS[:1], guard, limit))
+    assert isinstance(first, Appended)
+    assert again == Duplicate(first.ids, b"")
 
 
 async def test_a_batch_larger_than_the_limit_passes_in_an_empty_window(loaded: Redis) -> None:
     limit = RateLimit(KEYS.rate_limit("big"), limit=10, window_ms=60_000)
-    assert isinstance(await append_events(loaded, KEYS, EVENTS, rate_limit=limit), Appended)
-    assert isinstance(await append_events(loaded, KEYS, EVENTS[:1], rate_limit=limit), RateLimited)
+    assert isinstance(await append_one(loaded, Segment(EVENTS, rate_limit=limit)), Appended)
+    reply = await append_one(loaded, Segment(EVENTS[:1], rate_limit=limit))
+    assert isinstance(reply, RateLimited)
 
 
 async def _read(redis: Redis, consumer: str, count: int) -> list[bytes]:
@@ -101,9 +208,7 @@ async def _read(redis: Redis, consumer: str, count: int) -> list[bytes]:
 
 
 async def test_trim_never_removes_pending_or_undelivered_entries(loaded: Redis) -> None:
-    from ingest_shared.functions import trim_stream
-
-    reply = await append_events(loaded, KEYS, EVENTS)  # 50 entries
+    reply = await append_one(loaded, Segment(EVENTS))  # 50 entries
     assert isinstance(reply, Appended)
     await loaded.xgroup_create(KEYS.stream, "g", id="0")
     await loaded.xgroup_create(KEYS.stream, "slow", id="0")
@@ -120,9 +225,7 @@ async def test_trim_never_removes_pending_or_undelivered_entries(loaded: Redis) 
 
 
 async def test_trim_keeps_the_newest_entries_and_waits_for_a_group(loaded: Redis) -> None:
-    from ingest_shared.functions import trim_stream
-
-    reply = await append_events(loaded, KEYS, EVENTS)
+    reply = await append_one(loaded, Segment(EVENTS))
     assert isinstance(reply, Appended)
     assert await trim_stream(loaded, KEYS, keep=5) == 0  # no group yet: all still needed
     await loaded.xgroup_create(KEYS.stream, "g", id="$")  # everything already consumed

@@ -6,7 +6,6 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
 from ingest_producer.asgi import build_app
 from ingest_shared import keys as k
@@ -17,8 +16,9 @@ from ingest_shared.settings import Settings
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from litestar import Litestar
+    from httpx import AsyncClient as Client
     from redis.asyncio import Redis
+    from tests.conftest import AppClient
 
 URL = "/api/ingest/events"
 MAX_BODY = 4_096
@@ -28,9 +28,9 @@ GOOD = {"source": "sensor-a", "metric": "cpu", "value": 12.5}
 
 
 @pytest.fixture
-async def client(redis: Redis, redis_url: str) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def client(redis: Redis, redis_url: str, serve: AppClient) -> AsyncIterator[Client]:
     app = build_app(dataclasses.replace(SETTINGS, redis_url=redis_url))
-    async with AsyncTestClient(app) as client:
+    async with serve(app) as client:
         yield client
 
 
@@ -39,7 +39,7 @@ def event(**fields: object) -> dict[str, object]:
 
 
 async def test_event_is_enqueued_once_and_echoed_with_its_stream_id(
-    client: AsyncTestClient[Litestar], redis: Redis
+    client: Client, redis: Redis
 ) -> None:
     at = format_ms(now_ms() - 1_500)
 
@@ -64,7 +64,7 @@ async def test_event_is_enqueued_once_and_echoed_with_its_stream_id(
 
 
 async def test_missing_occurred_at_defaults_to_the_time_of_receipt(
-    client: AsyncTestClient[Litestar],
+    client: Client,
 ) -> None:
     before = now_ms()
     response = await client.post(URL, json=GOOD)
@@ -75,7 +75,7 @@ async def test_missing_occurred_at_defaults_to_the_time_of_receipt(
     assert occurred in {format_ms(ms) for ms in range(before, after + 1)}
 
 
-async def test_naive_occurred_at_is_taken_as_utc(client: AsyncTestClient[Litestar]) -> None:
+async def test_naive_occurred_at_is_taken_as_utc(client: Client) -> None:
     at = format_ms(now_ms() // 1000 * 1000 - 60_000)  # whole seconds: "...:SSZ"
 
     response = await client.post(URL, json=event(occurredAt=at.removesuffix("Z")))
@@ -85,7 +85,7 @@ async def test_naive_occurred_at_is_taken_as_utc(client: AsyncTestClient[Litesta
 
 
 async def test_occurred_at_with_an_offset_is_converted_to_utc(
-    client: AsyncTestClient[Litestar],
+    client: Client,
 ) -> None:
     utc_ms = now_ms() // 1000 * 1000 - 60_000
     utc = format_ms(utc_ms)
@@ -99,7 +99,7 @@ async def test_occurred_at_with_an_offset_is_converted_to_utc(
 
 
 async def test_occurred_at_within_the_clock_skew_is_accepted(
-    client: AsyncTestClient[Litestar],
+    client: Client,
 ) -> None:
     response = await client.post(URL, json=event(occurredAt=format_ms(now_ms() + 60_000)))
     assert response.status_code == 200
@@ -120,7 +120,7 @@ async def test_occurred_at_within_the_clock_skew_is_accepted(
     ids=repr,
 )
 async def test_valid_event_is_accepted(
-    client: AsyncTestClient[Litestar], redis: Redis, fields: dict[str, object]
+    client: Client, redis: Redis, fields: dict[str, object]
 ) -> None:
     response = await client.post(URL, json=event(**fields))
     assert response.status_code == 200, response.text
@@ -160,7 +160,7 @@ INVALID: list[tuple[str, dict[str, object], str]] = [
     ("fields", "field"), [(f, n) for _, f, n in INVALID], ids=[c for c, _, _ in INVALID]
 )
 async def test_schema_violation_is_422_naming_the_field_and_enqueues_nothing(
-    client: AsyncTestClient[Litestar], redis: Redis, fields: dict[str, object], field: str
+    client: Client, redis: Redis, fields: dict[str, object], field: str
 ) -> None:
     response = await client.post(URL, json=event(**fields))
 
@@ -174,7 +174,7 @@ async def test_schema_violation_is_422_naming_the_field_and_enqueues_nothing(
 
 @pytest.mark.parametrize("number", [b"1e400", b"-1e400"])
 async def test_value_beyond_the_float_range_is_422_and_enqueues_nothing(
-    client: AsyncTestClient[Litestar], redis: Redis, number: bytes
+    client: Client, redis: Redis, number: bytes
 ) -> None:
     # JSON has no Infinity; 1e400 is how it reaches a decoder (as inf).
     body = b'{"source": "sensor-a", "metric": "cpu", "value": ' + number + b"}"
@@ -188,7 +188,7 @@ async def test_value_beyond_the_float_range_is_422_and_enqueues_nothing(
 
 @pytest.mark.parametrize("occurred_at", [_far_future, _too_old], ids=["future", "too-old"])
 async def test_occurred_at_outside_the_time_window_is_422_and_enqueues_nothing(
-    client: AsyncTestClient[Litestar], redis: Redis, occurred_at: Any
+    client: Client, redis: Redis, occurred_at: Any
 ) -> None:
     response = await client.post(URL, json=event(occurredAt=occurred_at()))
 
@@ -197,9 +197,7 @@ async def test_occurred_at_outside_the_time_window_is_422_and_enqueues_nothing(
     assert await redis.xlen(STREAM) == 0
 
 
-async def test_every_failing_field_is_named_in_one_response(
-    client: AsyncTestClient[Litestar], redis: Redis
-) -> None:
+async def test_every_failing_field_is_named_in_one_response(client: Client, redis: Redis) -> None:
     response = await client.post(
         URL, json={"source": "a b", "metric": "cpu\n", "value": True, "occurredAt": "soon"}
     )
@@ -215,9 +213,7 @@ async def test_every_failing_field_is_named_in_one_response(
 
 
 @pytest.mark.parametrize("missing", ["source", "metric", "value"])
-async def test_missing_required_field_is_422(
-    client: AsyncTestClient[Litestar], redis: Redis, missing: str
-) -> None:
+async def test_missing_required_field_is_422(client: Client, redis: Redis, missing: str) -> None:
     body = {name: value for name, value in GOOD.items() if name != missing}
 
     response = await client.post(URL, json=body)
@@ -239,7 +235,7 @@ async def test_missing_required_field_is_422(
     ids=["truncated", "empty", "NaN-literal", "Infinity-literal", "not-utf8"],
 )
 async def test_malformed_json_is_400_and_enqueues_nothing(
-    client: AsyncTestClient[Litestar], redis: Redis, body: bytes
+    client: Client, redis: Redis, body: bytes
 ) -> None:
     response = await client.post(URL, content=body, headers={"content-type": "application/json"})
 
@@ -248,10 +244,14 @@ async def test_malformed_json_is_400_and_enqueues_nothing(
     assert await redis.xlen(STREAM) == 0
 
 
-async def test_a_json_value_that_is_not_an_object_is_422(client: AsyncTestClient[Litestar]) -> None:
-    response = await client.post(URL, json=[GOOD])
+@pytest.mark.parametrize("body", [b"42", b'"text"', b"null", b"true"], ids=repr)
+async def test_a_json_value_that_is_neither_object_nor_array_is_422(
+    client: Client, redis: Redis, body: bytes
+) -> None:
+    response = await client.post(URL, content=body)
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] is None
+    assert await redis.xlen(STREAM) == 0
 
 
 @pytest.mark.parametrize(
@@ -264,11 +264,11 @@ async def test_a_json_value_that_is_not_an_object_is_422(client: AsyncTestClient
     ids=["top-level", "in-a-known-field", "in-an-unknown-field"],
 )
 async def test_json_nested_50000_levels_deep_is_a_client_error(
-    redis_url: str, redis: Redis, body: bytes
+    redis_url: str, redis: Redis, serve: AppClient, body: bytes
 ) -> None:
     # A body limit large enough for the nesting to reach the decoder.
     app = build_app(Settings(redis_url=redis_url))
-    async with AsyncTestClient(app) as client:
+    async with serve(app) as client:
         response = await client.post(URL, content=body)
 
     assert response.status_code in {400, 422}
@@ -277,7 +277,7 @@ async def test_json_nested_50000_levels_deep_is_a_client_error(
 
 
 async def test_body_up_to_the_limit_is_read_and_one_byte_more_is_413(
-    client: AsyncTestClient[Litestar], redis: Redis
+    client: Client, redis: Redis
 ) -> None:
     payload = JSON_ENCODER.encode(GOOD)
     at_limit = payload + b" " * (MAX_BODY - len(payload))
@@ -291,10 +291,12 @@ async def test_body_up_to_the_limit_is_read_and_one_byte_more_is_413(
     assert await redis.xlen(STREAM) == 1
 
 
-async def test_the_default_body_limit_is_one_mebibyte(redis_url: str, redis: Redis) -> None:
+async def test_the_default_body_limit_is_one_mebibyte(
+    redis_url: str, redis: Redis, serve: AppClient
+) -> None:
     payload = JSON_ENCODER.encode(GOOD)
     at_limit = payload + b" " * (1024 * 1024 - len(payload))
-    async with AsyncTestClient(build_app(Settings(redis_url=redis_url))) as client:
+    async with serve(build_app(Settings(redis_url=redis_url))) as client:
         accepted = await client.post(URL, content=at_limit)
         rejected = await client.post(URL, content=at_limit + b" ")
 
@@ -306,9 +308,7 @@ async def test_the_default_body_limit_is_one_mebibyte(redis_url: str, redis: Red
     "content_type",
     ["application/json", "application/json; charset=utf-8", "application/vnd.telemetry+json"],
 )
-async def test_json_content_types_are_accepted(
-    client: AsyncTestClient[Litestar], content_type: str
-) -> None:
+async def test_json_content_types_are_accepted(client: Client, content_type: str) -> None:
     response = await client.post(
         URL, content=JSON_ENCODER.encode(GOOD), headers={"content-type": content_type}
     )
@@ -316,7 +316,7 @@ async def test_json_content_types_are_accepted(
 
 
 async def test_body_without_content_type_is_read_as_json(
-    client: AsyncTestClient[Litestar],
+    client: Client,
 ) -> None:
     response = await client.post(URL, content=JSON_ENCODER.encode(GOOD))
     assert "content-type" not in response.request.headers
@@ -327,7 +327,7 @@ async def test_body_without_content_type_is_read_as_json(
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/jsonx"]
 )
 async def test_other_content_types_are_415_and_enqueue_nothing(
-    client: AsyncTestClient[Litestar], redis: Redis, content_type: str
+    client: Client, redis: Redis, content_type: str
 ) -> None:
     response = await client.post(
         URL, content=JSON_ENCODER.encode(GOOD), headers={"content-type": content_type}
@@ -338,7 +338,7 @@ async def test_other_content_types_are_415_and_enqueue_nothing(
     assert await redis.xlen(STREAM) == 0
 
 
-async def test_unknown_route_is_a_json_404(client: AsyncTestClient[Litestar]) -> None:
+async def test_unknown_route_is_a_json_404(client: Client) -> None:
     response = await client.get("/api/ingest/nothing-here")
     assert response.status_code == 404
     assert response.json() == {"status_code": 404, "detail": "Not Found", "errors": []}

@@ -54,7 +54,7 @@ def create_app(
         bucket_ms=settings.rollup_bucket_ms,
     )
     processor = BatchProcessor(redis, keys, group, layout, window)
-    appender = EventAppender(redis, keys)
+    appender = EventAppender(redis, settings)
     ring = KeyRing(settings.write_keys, settings.read_keys)
     backlog = BacklogMonitor(redis, keys.stream, group, settings.max_backlog)
 
@@ -81,12 +81,13 @@ def create_app(
 
     return Litestar(
         route_handlers=[
-            enqueue_route(window, appender),
+            enqueue_route(settings, window, appender, backlog),
             process_route(redis, keys.stream, group, processor),
             *query_routes(redis, keys, group),
             *health_routes(redis, backlog),
         ],
-        guards=[key_guard(ring)],
+        # No guard at all when no key is configured: routes then read client_id as anonymous.
+        guards=[] if ring.open else [key_guard(ring)],
         on_startup=[prepare_redis],
         lifespan=[*lifespan, watch_backlog],
         exception_handlers=exception_handlers(),

@@ -43,7 +43,8 @@ def build_app(settings: Settings) -> Litestar:
     """The app with a Redis client that lives exactly as long as the app does."""
     redis = create_redis(
         settings.redis_url,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        # A durable write waits up to durability_timeout_ms inside Redis (WAITAOF/WAIT).
+        socket_timeout=max(REDIS_SOCKET_TIMEOUT_S, settings.durability_timeout_ms / 1000 + 0.5),
         connect_timeout=REDIS_CONNECT_TIMEOUT_S,
     )
 

@@ -3,65 +3,264 @@
 No ``from __future__ import annotations`` here: Litestar reads handler annotations at runtime.
 """
 
+import hashlib
+import math
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import msgspec
 from litestar import MediaType, Request, post
+from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response.base import ASGIResponse
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from ingest_producer.appender import EventAppender
-from ingest_producer.errors import error_responses
-from ingest_producer.jsonbody import decode_json, require_json
-from ingest_producer.models import Enqueued, ProcessRequest
-from ingest_producer.openapi import json_body_operation
+from ingest_producer.appender import AppendResult, EventAppender, NotDurable
+from ingest_producer.auth import ACCESS_OPT, ANONYMOUS, Access
+from ingest_producer.backlog import BacklogMonitor
+from ingest_producer.errors import RETRY_AFTER_SECONDS, error_responses
+from ingest_producer.jsonbody import (
+    MAX_LISTED_ERRORS,
+    IngestHeaders,
+    batch_invalid,
+    decode_array,
+    decode_json,
+    decode_ndjson,
+    gunzip,
+    ingest_headers,
+    require_json,
+)
+from ingest_producer.models import Enqueued, ErrorBody, FieldError, ProcessRequest
+from ingest_producer.openapi import ingest_operation, json_body_operation
+from ingest_shared.exceptions import InvalidEventError
+from ingest_shared.functions import Appended, Conflict, Duplicate, Idempotency, RateLimit
 from ingest_shared.processor import BatchProcessor, BatchResult
 from ingest_shared.redis_client import call
-from ingest_shared.schema import EVENT_DECODER, JSON_ENCODER, TelemetryEvent, TimeWindow, now_ms
+from ingest_shared.schema import (
+    EVENT_DECODER,
+    JSON_ENCODER,
+    EventOut,
+    TelemetryEvent,
+    TimeWindow,
+    now_ms,
+)
+from ingest_shared.settings import Settings
 from ingest_shared.streams import Entry, ensure_group
 
 # XREADGROUP's RESP2 reply as redis-py parses it: [[stream name, [(id, fields), ...]], ...]
 StreamsReply: TypeAlias = list[tuple[bytes, list[Entry]]]
+# Builds a 200 body from stream ids and the stored echo (see ``_single_body``).
+Render: TypeAlias = Callable[[list[bytes], bytes], bytes]
 
 PROCESS_DECODER = msgspec.json.Decoder(ProcessRequest)
+CLIENT_ID = "client_id"  # set on request.state by auth.key_guard
+REPLAYED_HEADER = "Idempotent-Replayed"
+_WHITESPACE = b" \t\r\n"
 
-_EVENT_BODY = json_body_operation(
-    TelemetryEvent,
-    "A reading. `occurredAt` (RFC 3339, naive = UTC) defaults to the time of receipt; it may "
-    "be at most INGEST_MAX_CLOCK_SKEW_MS in the future and no older than INGEST_RETENTION_MS. "
-    "Content-Type: application/json, application/*+json, or none.",
-)
+_INGEST_ERRORS = {
+    code: ResponseSpec(ErrorBody, description=description, generate_examples=False)
+    for code, description in {
+        413: (
+            "Body larger than INGEST_MAX_BODY_BYTES as sent or once decompressed, or more than "
+            "INGEST_MAX_BATCH events; nothing was enqueued"
+        ),
+        415: (
+            "Content-Type is not JSON (application/json, application/*+json) or "
+            "application/x-ndjson, or Content-Encoding is not gzip"
+        ),
+        422: (
+            "Validation failed; `errors` names each field and, in a batch, the `index` of each "
+            "invalid event (at most 100 listed); nothing was enqueued. Also a malformed "
+            "Idempotency-Key"
+        ),
+        429: (
+            "More events than INGEST_RATE_LIMIT allows this API key in the current window "
+            "(shared by every producer); nothing was enqueued; retry after `Retry-After` seconds"
+        ),
+        503: (
+            "Retry after `Retry-After` seconds. Either nothing was enqueued (the workers are "
+            "more than INGEST_MAX_BACKLOG entries behind, or Redis is unreachable), or, with "
+            "INGEST_DURABILITY, the events were appended but the AOF fsync or the replicas did "
+            "not confirm them in time: delivery is at least once, so they may already be in the "
+            "stream; retry with the same Idempotency-Key to avoid duplicates"
+        ),
+    }.items()
+}
 _PROCESS_BODY = json_body_operation(ProcessRequest, "Which consumer reads, and how many entries.")
 
 
-def enqueue_route(window: TimeWindow, appender: EventAppender) -> HTTPRouteHandler:
-    """``POST /api/ingest/events``: validate one event and append it to the stream."""
+class Guards:
+    """Builds a request's idempotency guard and rate limit from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._keys = settings.keys
+        self._idempotency_ttl_ms = settings.idempotency_ttl_s * 1000
+        self._rate_limit = settings.rate_limit
+        self._rate_window_ms = settings.rate_window_ms
+
+    def of(
+        self, request: Request[Any, Any, Any], headers: IngestHeaders, body: bytes, echo: bytes
+    ) -> tuple[Idempotency | None, RateLimit | None]:
+        """Each None when not in use; ``echo`` is stored for repeats."""
+        if headers.idempotency_key is None and not self._rate_limit:
+            return None, None
+        client: str = request.state.get(CLIENT_ID, ANONYMOUS)
+        idempotency = None
+        if headers.idempotency_key is not None:
+            # Scoped by client: two clients may use the same key for different requests.
+            scoped = hashlib.sha256(client.encode() + b"\n" + headers.idempotency_key)
+            # NDJSON and a JSON array with the same bytes are different requests.
+            body_hash = hashlib.sha256(b"ndjson\n" if headers.ndjson else b"json\n")
+            body_hash.update(body)
+            idempotency = Idempotency(
+                self._keys.idempotency(scoped.hexdigest()),
+                self._idempotency_ttl_ms,
+                body_hash.hexdigest(),
+                echo,
+            )
+        limit = None
+        if self._rate_limit:
+            limit = RateLimit(self._keys.rate_limit(client), self._rate_limit, self._rate_window_ms)
+        return idempotency, limit
+
+
+def accept_batch(window: TimeWindow, events: list[TelemetryEvent]) -> list[EventOut]:
+    """Every event as it will be enqueued, or a 422 naming each one outside the time window."""
+    now = now_ms()
+    accepted = []
+    errors: list[FieldError] = []
+    invalid = 0
+    for index, event in enumerate(events):
+        try:
+            accepted.append(window.accept(event, now))
+        except InvalidEventError as exc:
+            invalid += 1
+            if len(errors) < MAX_LISTED_ERRORS:
+                errors.append(FieldError(exc.field, exc.reason, index))
+    if invalid:
+        raise batch_invalid(errors, invalid, len(events))
+    return accepted
+
+
+def enqueue_route(
+    settings: Settings, window: TimeWindow, appender: EventAppender, backlog: BacklogMonitor
+) -> HTTPRouteHandler:
+    """``POST /api/ingest/events``: validate one event or a batch and append it to the stream."""
+    max_body, max_batch = settings.max_body_bytes, settings.max_batch
+    guards = Guards(settings)
+
+    async def enqueue_batch(
+        request: Request[Any, Any, Any],
+        headers: IngestHeaders,
+        body: bytes,
+        events: list[TelemetryEvent],
+    ) -> ASGIResponse:
+        accepted = accept_batch(window, events)
+        if not accepted:  # nothing to append, count or remember
+            return _json(_batch_body([], b""))
+        idempotency, limit = guards.of(request, headers, body, b"")
+        result = await appender.append(accepted, idempotency, limit)
+        return _respond(result, _batch_body, b"")
 
     @post(
         "/api/ingest/events",
         status_code=200,
-        operation_class=_EVENT_BODY,
+        operation_class=ingest_operation(max_batch),
         responses={
-            200: ResponseSpec(Enqueued, description="Enqueued", generate_examples=False),
-            **error_responses(400, 413, 415, 422, 500, 503),
+            200: ResponseSpec(
+                Enqueued,
+                description=(
+                    "Enqueued: `{id, value}` for one event, `{ids, count}` for a batch. "
+                    f"A repeat of an Idempotency-Key answers the original body with "
+                    f"`{REPLAYED_HEADER}: true`."
+                ),
+                generate_examples=False,
+            ),
+            **error_responses(400, 401, 403, 409, 500),
+            **_INGEST_ERRORS,
         },
         tags=["ingest"],
-        summary="Enqueue one telemetry event",
+        summary="Enqueue one telemetry event or a batch (JSON array or NDJSON, optionally gzip)",
+        opt={ACCESS_OPT: Access.WRITE},
     )
-    async def enqueue_event(request: Request[Any, Any, Any]) -> ASGIResponse:
-        # The hot path: the body is decoded once by msgspec, nothing is logged.
-        require_json(request.scope)
-        event = decode_json(await request.body(), EVENT_DECODER)
-        out = window.accept(event, now_ms())
-        entry_id = await appender.append(out)
-        body = JSON_ENCODER.encode(Enqueued(entry_id.decode(), out))
-        # Already encoded: handed to the server as is, without Response's rendering step.
-        return ASGIResponse(body=body, media_type=MediaType.JSON)
+    async def enqueue_events(request: Request[Any, Any, Any]) -> ASGIResponse:
+        # The hot path: one pass over the headers, the body decoded once, nothing logged.
+        if backlog.overloaded:
+            raise _overloaded(backlog)
+        headers = ingest_headers(request.scope)
+        body = await request.body()
+        if headers.gzip:
+            body = gunzip(body, max_body)
+        if headers.ndjson:
+            return await enqueue_batch(request, headers, body, decode_ndjson(body, max_batch))
+        first = body[:1]
+        if first in _WHITESPACE:  # also b"": the decoder reports the empty body
+            first = body.lstrip()[:1]
+        if first == b"[":
+            return await enqueue_batch(request, headers, body, decode_array(body, max_batch))
+        out = window.accept(decode_json(body, EVENT_DECODER), now_ms())
+        value = JSON_ENCODER.encode(out)
+        idempotency, limit = guards.of(request, headers, body, value)
+        result = await appender.append([out], idempotency, limit)
+        if type(result) is Appended:
+            return _json(_single_body(result.ids, value))
+        return _respond(result, _single_body, value)
 
-    return enqueue_event
+    return enqueue_events
+
+
+def _single_body(ids: list[bytes], value: bytes) -> bytes:
+    """``{"id": ..., "value": {...}}``, byte for byte what msgspec encodes for ``Enqueued``."""
+    return b'{"id":"' + ids[0] + b'","value":' + value + b"}"
+
+
+def _batch_body(ids: list[bytes], _: bytes) -> bytes:
+    """``{"ids": [...], "count": n}`` (stream ids never need JSON escaping)."""
+    if not ids:
+        return b'{"ids":[],"count":0}'
+    return b'{"ids":["' + b'","'.join(ids) + b'"],"count":' + str(len(ids)).encode() + b"}"
+
+
+def _json(body: bytes, headers: dict[str, str] | None = None) -> ASGIResponse:
+    # Already encoded: handed to the server as is, without Response's rendering step.
+    return ASGIResponse(body=body, media_type=MediaType.JSON, headers=headers)
+
+
+def _respond(result: AppendResult, render: Render, echo: bytes) -> ASGIResponse:
+    """The response for every outcome of an append."""
+    if isinstance(result, Appended):
+        return _json(render(result.ids, echo))
+    if isinstance(result, Duplicate):
+        return _json(render(result.ids, result.echo), {REPLAYED_HEADER: "true"})
+    if isinstance(result, Conflict):
+        detail = "this Idempotency-Key was already used with a different body"
+        raise HTTPException(detail=detail, status_code=409)
+    if isinstance(result, NotDurable):
+        detail = (
+            f"not confirmed durable: {result.detail}; the events may be in the stream "
+            "already (retry with the same Idempotency-Key to avoid duplicates)"
+        )
+        raise HTTPException(
+            detail=detail, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        )
+    retry_after = max(1, math.ceil(result.retry_after_ms / 1000))
+    raise HTTPException(
+        detail="rate limit exceeded; nothing was enqueued",
+        status_code=429,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def _overloaded(backlog: BacklogMonitor) -> HTTPException:
+    detail = (
+        f"the workers are behind ({backlog.backlog} entries waiting, more than "
+        f"INGEST_MAX_BACKLOG={backlog.max_backlog}); nothing was enqueued, retry later"
+    )
+    return HTTPException(
+        detail=detail, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+    )
 
 
 def process_route(
@@ -73,9 +272,10 @@ def process_route(
         "/api/ingest/workers/process",
         status_code=200,
         operation_class=_PROCESS_BODY,
-        responses=error_responses(400, 413, 415, 422, 500, 503),
+        responses=error_responses(400, 401, 403, 413, 415, 422, 500, 503),
         tags=["ingest"],
         summary="Process up to `count` new entries once, as the worker daemon does",
+        opt={ACCESS_OPT: Access.WRITE},
     )
     async def process_entries(request: Request[Any, Any, Any]) -> BatchResult:
         require_json(request.scope)

@@ -20,6 +20,13 @@ class Enqueued(Base):
     value: EventOut
 
 
+class BatchEnqueued(Base):
+    """The stream ids of an accepted batch, in the order of its events."""
+
+    ids: list[str]
+    count: int
+
+
 class ProcessRequest(Base):
     """Drain up to ``count`` new entries once, as consumer ``consumer`` of the group."""
 
@@ -80,11 +87,13 @@ class Health(Base, omit_defaults=True):
     overloaded: bool | None = None
 
 
-class FieldError(Base):
-    """One problem with the request: the field it concerns (null: the body as a whole)."""
+class FieldError(Base, omit_defaults=True):
+    """One problem with the request: the field it concerns (null: the body or event as a
+    whole) and, in a batch, the ``index`` of the event (0-based; NDJSON: blank lines skipped)."""
 
     field: str | None
     message: str
+    index: int | None = None
 
 
 class ErrorBody(Base):

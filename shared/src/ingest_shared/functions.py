@@ -1,20 +1,22 @@
-"""The server-side append function: a whole batch of events in one round trip.
+"""The server-side functions: batch appends (``ingest_append``) and safe trimming.
 
 redis-py spends tens of microseconds of Python per pipelined command; one FCALL carrying every
-event's fields costs a fraction of that per event, and lets the idempotency check, the rate
-limit and the XADDs happen atomically.
+event's fields costs a fraction of that per event. One call carries several requests
+("segments"), each with its own idempotency key and rate limit, so the producer's coalescing
+appender keeps one round trip per batch while every request is checked on its own, atomically.
 """
 
 from __future__ import annotations
 
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
+import msgspec
 from redis.exceptions import ResponseError
 
 from ingest_shared import keys as k
 from ingest_shared.redis_client import call
-from ingest_shared.schema import Base
+from ingest_shared.schema import Base, EventOut
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -23,46 +25,70 @@ if TYPE_CHECKING:
     from redis.typing import EncodableT
 
     from ingest_shared.keys import Keys
-    from ingest_shared.schema import EventOut
 
 LIBRARY_CODE = files(__package__).joinpath("lua/telemetry_ingest.lua").read_text()
 # What Redis answers when the library is not loaded (a fresh, restarted or flushed server).
 NO_FUNCTION = "Function not found"
 _FIELDS = (k.FIELD_SOURCE, k.FIELD_METRIC, k.FIELD_VALUE, k.FIELD_OCCURRED_AT)
+_MSGPACK = msgspec.msgpack.Encoder()
 
 
 class Idempotency(Base):
-    """Guard an append with a stored response, keyed by a digest of the client's key."""
+    """Guard a segment with a stored response, keyed by a digest of the client's key.
+
+    ``echo`` is stored with the ids and handed back on a repeat (the parts of the original
+    response body that are not ids).
+    """
 
     key: str
     ttl_ms: int
     body_hash: str
-    echo: bytes
+    echo: bytes = b""
 
 
 class RateLimit(Base):
-    """Count this call's events against ``limit`` per ``window_ms`` on ``key``."""
+    """Count a segment's events against ``limit`` per fixed ``window_ms`` on ``key``."""
 
     key: str
     limit: int
     window_ms: int
 
 
+class Segment(Base):
+    """The events of one request, accepted or refused as a whole under its guards."""
+
+    events: list[EventOut]
+    idempotency: Idempotency | None = None
+    rate_limit: RateLimit | None = None
+
+
 class Appended(Base):
+    """The segment was appended; its stream ids in order."""
+
     ids: list[bytes]
 
 
 class Duplicate(Base):
-    body_hash: bytes
+    """A repeat of a stored request: nothing appended; the original ids and echo."""
+
     ids: list[bytes]
     echo: bytes
 
 
+class Conflict(Base):
+    """The idempotency key was stored for a different body: nothing appended."""
+
+
 class RateLimited(Base):
+    """Over the rate limit: nothing appended; the window ends in ``retry_after_ms``."""
+
     retry_after_ms: int
 
 
-AppendReply = Appended | Duplicate | RateLimited
+SegmentReply = Appended | Duplicate | Conflict | RateLimited
+# One segment's reply as redis-py parses it: a tag, then ids or the refusal's details.
+RawSegmentReply: TypeAlias = list[bytes | int]
+_CONFLICT = Conflict()
 
 
 async def load_functions(redis: Redis) -> None:
@@ -81,41 +107,64 @@ async def fcall(redis: Redis, *args: EncodableT) -> Any:
     return await call(redis, *args)
 
 
-def append_command(
-    keys: Keys,
-    events: Sequence[EventOut],
-    idempotency: Idempotency | None = None,
-    rate_limit: RateLimit | None = None,
-) -> list[EncodableT]:
-    """The FCALL arguments appending ``events`` in order (for a pipeline or :func:`call`)."""
+def append_command(keys: Keys, segments: Sequence[Segment]) -> list[EncodableT]:
+    """The FCALL arguments appending every segment in order (for a pipeline or :func:`fcall`).
+
+    The protocol is described at the top of ``lua/telemetry_ingest.lua``.
+    """
     fcall_keys: list[EncodableT] = [keys.stream]
-    args: list[EncodableT] = []
-    if idempotency is None:
-        args += (0, "", "")
-    else:
-        fcall_keys.append(idempotency.key)
-        args += (idempotency.ttl_ms, idempotency.body_hash, idempotency.echo)
-    if rate_limit is None:
-        args += (0, 0, len(events))
-    else:
-        fcall_keys.append(rate_limit.key)
-        args += (rate_limit.limit, rate_limit.window_ms, len(events))
-    args += (len(_FIELDS), *_FIELDS)
-    for event in events:
-        args += (event.source, event.metric, repr(event.value), event.occurredAt)
+    args: list[EncodableT] = [len(_FIELDS), *_FIELDS, len(segments)]
+    for segment in segments:
+        events, idempotency, rate_limit = segment.events, segment.idempotency, segment.rate_limit
+        if idempotency is None:
+            args += (len(events), 0, "", "")
+        else:
+            fcall_keys.append(idempotency.key)
+            args += (len(events), idempotency.ttl_ms, idempotency.body_hash, idempotency.echo)
+        if rate_limit is None:
+            args += (0, 0)
+        else:
+            fcall_keys.append(rate_limit.key)
+            args += (rate_limit.limit, rate_limit.window_ms)
+        args.append(_payload(events))
     return ["FCALL", "ingest_append", len(fcall_keys), *fcall_keys, *args]
 
 
-def parse_append_reply(reply: list[bytes | int]) -> AppendReply:
-    """Turn the function's reply into one of the three outcomes."""
+def _payload(events: Sequence[EventOut]) -> bytes:
+    """Every field value of ``events`` in ``_FIELDS`` order, as one MessagePack array: one
+    argument instead of four per event (redis-py spends ~0.7 us encoding each)."""
+    values: list[str] = []
+    add = values.extend
+    for e in events:
+        add((e.source, e.metric, repr(e.value), e.occurredAt))
+    return _MSGPACK.encode(values)
+
+
+def parse_append_reply(reply: list[RawSegmentReply]) -> list[SegmentReply]:
+    """The function's reply, one outcome per segment, in order."""
+    return [_parse_segment(segment) for segment in reply]
+
+
+def _parse_segment(reply: RawSegmentReply) -> SegmentReply:
     tag = reply[0]
     if tag == b"ok":
-        return Appended(ids=reply[1:])  # type: ignore[arg-type]
+        return Appended(reply[1:])  # type: ignore[arg-type]
     if tag == b"dup":
-        ids = reply[2]
+        ids, echo = reply[1], reply[2]
         assert isinstance(ids, bytes)
-        return Duplicate(body_hash=reply[1], ids=ids.split(b","), echo=reply[3])  # type: ignore[arg-type]
-    return RateLimited(retry_after_ms=int(reply[1]))
+        assert isinstance(echo, bytes)
+        return Duplicate(ids.split(b","), echo)
+    if tag == b"conflict":
+        return _CONFLICT
+    return RateLimited(int(reply[1]))
+
+
+async def append_segments(
+    redis: Redis, keys: Keys, segments: Sequence[Segment]
+) -> list[SegmentReply]:
+    """Append ``segments`` in one round trip, each under its own guards."""
+    reply = await fcall(redis, *append_command(keys, segments))
+    return parse_append_reply(reply)
 
 
 async def trim_stream(redis: Redis, keys: Keys, keep: int) -> int:
@@ -123,15 +172,3 @@ async def trim_stream(redis: Redis, keys: Keys, keep: int) -> int:
     the number of entries removed."""
     removed, _ = await fcall(redis, "FCALL", "ingest_trim", 1, keys.stream, keep)
     return int(removed)
-
-
-async def append_events(
-    redis: Redis,
-    keys: Keys,
-    events: Sequence[EventOut],
-    idempotency: Idempotency | None = None,
-    rate_limit: RateLimit | None = None,
-) -> AppendReply:
-    """Append ``events`` in one round trip; see :func:`append_command`."""
-    reply = await fcall(redis, *append_command(keys, events, idempotency, rate_limit))
-    return parse_append_reply(reply)
