@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from tests.ports import free_port
 
 from ingest_shared.redis_client import call
 from ingest_shared.schema import format_ms, now_ms
@@ -38,13 +38,6 @@ DRAIN_TIMEOUT_S = 30.0
 EXIT_TIMEOUT_S = 15.0
 # A minute ago on a second boundary: inside retention and clock skew.
 BASE_MS = (now_ms() - 60_000) // 1_000 * 1_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -10,10 +10,10 @@ import pytest
 
 from ingest_shared import keys as k
 from ingest_shared.exceptions import TransientStoreError
+from ingest_shared.processor import create_processor
 from ingest_shared.redis_client import call
 from ingest_shared.schema import format_ms, now_ms
 from ingest_shared.settings import Settings
-from ingest_worker.daemon import create_processor
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

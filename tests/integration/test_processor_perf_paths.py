@@ -17,11 +17,11 @@ from redis.exceptions import ResponseError
 
 from ingest_shared import keys as k
 from ingest_shared import processor as processor_module
+from ingest_shared.processor import create_processor
 from ingest_shared.redis_client import call, call_packed, create_redis, pack
 from ingest_shared.schema import Sample, format_ms, now_ms
 from ingest_shared.settings import Settings
 from ingest_shared.timeseries import madd_command, packed_pair, series_pair
-from ingest_worker.daemon import create_processor
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from tests.ports import free_port
 
 from ingest_producer.asgi import build_app
 from ingest_shared.settings import Settings
@@ -99,13 +99,6 @@ async def test_concurrent_requests_never_exceed_the_limit(
 
 
 # --- two producer processes ------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -19,11 +19,12 @@ import pytest
 
 from ingest_shared import keys as k
 from ingest_shared.exceptions import ConfigurationError
+from ingest_shared.processor import create_processor
 from ingest_shared.redis_client import call, create_redis
 from ingest_shared.schema import format_ms, now_ms
 from ingest_shared.settings import Settings
 from ingest_worker import daemon
-from ingest_worker.daemon import Worker, create_processor
+from ingest_worker.daemon import Worker
 from ingest_worker.reclaim import MAX_DELIVERIES_REASON
 
 if TYPE_CHECKING:

@@ -17,10 +17,9 @@ from ingest_producer.errors import exception_handlers
 from ingest_producer.health import health_routes
 from ingest_producer.ingest import enqueue_route, process_route
 from ingest_producer.summary import query_routes
-from ingest_shared.processor import BatchProcessor
+from ingest_shared.processor import create_processor
 from ingest_shared.schema import TimeWindow
 from ingest_shared.streams import ensure_group, is_transient
-from ingest_shared.timeseries import SeriesLayout
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -48,12 +47,7 @@ def create_app(
     keys = settings.keys
     group = settings.consumer_group
     window = TimeWindow(settings.max_clock_skew_ms, settings.retention_ms)
-    layout = SeriesLayout(
-        retention_ms=settings.retention_ms,
-        rollup_retention_ms=settings.rollup_retention_ms,
-        bucket_ms=settings.rollup_bucket_ms,
-    )
-    processor = BatchProcessor(redis, keys, group, layout, window)
+    processor = create_processor(redis, settings)
     appender = EventAppender(redis, settings)
     ring = KeyRing(settings.write_keys, settings.read_keys)
     backlog = BacklogMonitor(redis, keys.stream, group, settings.max_backlog)

@@ -13,9 +13,15 @@ from redis.exceptions import RedisError, ResponseError
 
 from ingest_shared.exceptions import InvalidEventError, TransientStoreError
 from ingest_shared.redis_client import call_packed, pack
-from ingest_shared.schema import Base, Sample, now_ms, sample_from_entry
+from ingest_shared.schema import Base, Sample, TimeWindow, now_ms, sample_from_entry
 from ingest_shared.streams import dead_letter_fields, is_transient
-from ingest_shared.timeseries import ensure_series, is_retryable, madd_command, packed_pair
+from ingest_shared.timeseries import (
+    SeriesLayout,
+    ensure_series,
+    is_retryable,
+    madd_command,
+    packed_pair,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -23,9 +29,9 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from ingest_shared.keys import Keys
-    from ingest_shared.schema import TimeWindow
+    from ingest_shared.settings import Settings
     from ingest_shared.streams import Entry
-    from ingest_shared.timeseries import KnownSeries, SeriesLayout
+    from ingest_shared.timeseries import KnownSeries
 
 # Remembered (metric, source) pairs whose series exist; past this many, start again (a cache
 # miss costs one idempotent setup round trip, never correctness).
@@ -41,6 +47,19 @@ class BatchResult(Base):
     processed: int
     dead_lettered: int
     acked: int
+
+
+def create_processor(redis: Redis, settings: Settings) -> BatchProcessor:
+    """The batch processor ``settings`` describe, writing through ``redis``."""
+    layout = SeriesLayout(
+        retention_ms=settings.retention_ms,
+        rollup_retention_ms=settings.rollup_retention_ms,
+        bucket_ms=settings.rollup_bucket_ms,
+    )
+    window = TimeWindow(
+        max_clock_skew_ms=settings.max_clock_skew_ms, retention_ms=settings.retention_ms
+    )
+    return BatchProcessor(redis, settings.keys, settings.consumer_group, layout, window)
 
 
 class BatchProcessor:

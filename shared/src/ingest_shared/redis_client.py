@@ -42,12 +42,17 @@ async def call(redis: Redis, *args: EncodableT) -> Any:
     return await redis.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
+def bulk(arg: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(arg), arg)
+
+
 def pack(*args: bytes) -> bytes:
     """One command in RESP, for :func:`call_packed`: linear in its size, unlike redis-py's
     ``pack_command``, which re-copies a growing buffer for every argument of a long command.
     """
     parts = [b"*%d\r\n" % len(args)]
-    parts += [b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args]
+    parts += [bulk(arg) for arg in args]
     return b"".join(parts)
 
 

@@ -12,7 +12,7 @@ from redis.exceptions import ResponseError
 
 from ingest_shared import keys as k
 from ingest_shared.exceptions import ConfigurationError
-from ingest_shared.redis_client import call
+from ingest_shared.redis_client import bulk, call
 from ingest_shared.schema import Base
 
 if TYPE_CHECKING:
@@ -120,14 +120,10 @@ def series_pair(keys: Keys, metric: str, source: str) -> SeriesPair:
     return keys.raw(metric).encode(), keys.source_raw(metric, source).encode()
 
 
-def _bulk(arg: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(arg), arg)
-
-
 def packed_pair(keys: Keys, metric: str, source: str) -> PackedPair:
     """The two raw series keys of a reading as :func:`madd_command` writes them."""
     raw, source_raw = series_pair(keys, metric, source)
-    return _bulk(raw), _bulk(source_raw)
+    return bulk(raw), bulk(source_raw)
 
 
 def madd_command(samples: Sequence[tuple[str, str, int, float]], known: KnownSeries) -> bytes:

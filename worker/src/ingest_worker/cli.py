@@ -16,9 +16,10 @@ import structlog
 
 from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.logconfig import configure_logging
+from ingest_shared.processor import create_processor
 from ingest_shared.redis_client import create_redis
 from ingest_shared.settings import load_settings
-from ingest_worker.daemon import Worker, create_processor
+from ingest_worker.daemon import Worker
 
 if TYPE_CHECKING:
     from ingest_shared.settings import Settings

@@ -20,11 +20,9 @@ from redis.exceptions import AuthenticationError, NoPermissionError, ResponseErr
 
 from ingest_shared.exceptions import ConfigurationError, TransientStoreError
 from ingest_shared.functions import load_functions, trim_stream
-from ingest_shared.processor import BatchProcessor
 from ingest_shared.redis_client import call
-from ingest_shared.schema import TimeWindow
 from ingest_shared.streams import ensure_group, is_transient
-from ingest_shared.timeseries import SeriesLayout, check_timeseries
+from ingest_shared.timeseries import check_timeseries
 from ingest_worker.backoff import Backoff
 from ingest_worker.reclaim import Reclaimer, over_delivered
 from ingest_worker.stats import Throughput
@@ -34,7 +32,7 @@ if TYPE_CHECKING:
 
     from redis.asyncio import Redis
 
-    from ingest_shared.processor import BatchResult
+    from ingest_shared.processor import BatchProcessor, BatchResult
     from ingest_shared.settings import Settings
     from ingest_shared.streams import Entry
 
@@ -48,19 +46,6 @@ ReadReply: TypeAlias = list[list[Any]]
 
 T = TypeVar("T")
 log = structlog.get_logger("ingest_worker")
-
-
-def create_processor(redis: Redis, settings: Settings) -> BatchProcessor:
-    """The batch processor for ``settings``, writing through ``redis``."""
-    layout = SeriesLayout(
-        retention_ms=settings.retention_ms,
-        rollup_retention_ms=settings.rollup_retention_ms,
-        bucket_ms=settings.rollup_bucket_ms,
-    )
-    window = TimeWindow(
-        max_clock_skew_ms=settings.max_clock_skew_ms, retention_ms=settings.retention_ms
-    )
-    return BatchProcessor(redis, settings.keys, settings.consumer_group, layout, window)
 
 
 class Worker:
