@@ -149,7 +149,10 @@ class Bench:
         if script is None:
             self.unavailable.setdefault(name, "ingest-worker is not installed")
             return None
-        env = self.product_env(INGEST_CONSUMER_NAME=f"bench-worker-{index}")
+        # No metrics port: several workers run side by side on one host.
+        env = self.product_env(
+            INGEST_CONSUMER_NAME=f"bench-worker-{index}", INGEST_WORKER_HTTP_PORT="0"
+        )
         server = Server(name, [str(script)], env, self.workdir / "logs")
         return self._start(server)
 

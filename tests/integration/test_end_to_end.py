@@ -74,11 +74,12 @@ def stop(process: subprocess.Popen[bytes], log: Path) -> int:
 async def test_events_posted_over_http_reach_the_series_and_both_services_exit_cleanly(
     redis: Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    port = free_port()
+    port, worker_port = free_port(), free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "REDIS_"))}
     env = base | {
         "REDIS_URL": redis_url,
         "INGEST_HTTP_PORT": str(port),
+        "INGEST_WORKER_HTTP_PORT": str(worker_port),
         "INGEST_LOG_FORMAT": "json",
         "INGEST_CONSUMER_NAME": "e2e-worker",
         "INGEST_BLOCK_MS": "200",
@@ -145,6 +146,11 @@ async def test_events_posted_over_http_reach_the_series_and_both_services_exit_c
                 reverse=True,
             )
             assert [entry["id"] for entry in recent] == newest_first[:3]
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker_port}") as monitor:
+            assert (await monitor.get("/health")).json()["status"] == "ok"
+            metrics = (await monitor.get("/metrics")).text
+            assert f"ingest_worker_events_processed_total {float(total)}" in metrics
 
         assert stop(producer, producer_log) == 0
         assert stop(worker, worker_log) == 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import structlog
 
 from ingest_shared import keys as k
 from ingest_shared.exceptions import ConfigurationError
@@ -23,7 +24,7 @@ from ingest_shared.processor import create_processor
 from ingest_shared.redis_client import call, create_redis
 from ingest_shared.schema import format_ms, now_ms
 from ingest_shared.settings import Settings
-from ingest_worker import daemon
+from ingest_worker import daemon, metrics
 from ingest_worker.daemon import Worker
 from ingest_worker.reclaim import MAX_DELIVERIES_REASON
 
@@ -255,15 +256,62 @@ async def test_worker_waits_for_redis_at_startup_and_survives_a_restart(
             await eventually(lambda: drained(redis, 6))
 
 
-async def test_deleted_group_stops_the_worker_with_a_configuration_error(
+async def test_entries_handed_to_a_dead_connection_are_processed_right_after_the_reconnect(
+    redis: Redis, redis_url: str
+) -> None:
+    # Redis can hand entries to a blocked XREADGROUP whose client already gave up on it (a
+    # stall past the socket timeout). They are pending under this consumer's name; the
+    # worker must not leave them to XAUTOCLAIM (an hour here).
+    async with running(settings_for(redis_url, claim_idle_ms=3_600_000, block_ms=1_000)):
+        await eventually(lambda: consumer_exists(redis, "alive"))
+        await eventually(lambda: has_blocked_reader(redis))
+        reader = await blocked_reader(redis)
+        await redis.execute_command("CLIENT", "KILL", "ID", reader)
+        await enqueue(redis, 3)
+        # What the dead connection would have received: a delivery to the same consumer.
+        await redis.xreadgroup(GROUP, "alive", {STREAM: ">"}, count=3)
+        assert await pending(redis) == 3
+
+        await eventually(lambda: drained(redis, 3), within=5.0)
+
+
+async def has_blocked_reader(redis: Redis) -> bool:
+    return await blocked_reader(redis) is not None
+
+
+async def blocked_reader(redis: Redis) -> int | None:
+    """The id of the connection blocked in XREADGROUP (the worker's), if any."""
+    clients = await redis.client_list()
+    ids = [int(c["id"]) for c in clients if c.get("cmd") == "xreadgroup" and "b" in c["flags"]]
+    return ids[0] if ids else None
+
+
+async def test_deleted_group_is_recreated_at_zero_and_the_worker_carries_on(
+    redis: Redis, redis_url: str
+) -> None:
+    before = metrics.GROUP_RECREATED._value.get()
+    with structlog.testing.capture_logs() as logs:
+        async with running(settings_for(redis_url)):
+            await eventually(lambda: consumer_exists(redis, "alive"))
+            await redis.xgroup_destroy(STREAM, GROUP)
+            await enqueue(redis, 3)  # nobody reads them until the group is back
+
+            await eventually(lambda: drained(redis, 3))
+    assert metrics.GROUP_RECREATED._value.get() == before + 1
+    [line] = [log for log in logs if log["event"] == "consumer_group_recreated"]
+    assert (line["log_level"], line["created_by"]) == ("error", "this worker")
+
+
+async def test_wrong_type_at_the_stream_key_stops_the_worker_with_a_configuration_error(
     redis: Redis, redis_url: str
 ) -> None:
     async with worker_for(settings_for(redis_url)) as worker:
         task = asyncio.create_task(worker.run())
         await eventually(lambda: consumer_exists(redis, "alive"))
-        await redis.xgroup_destroy(STREAM, GROUP)
+        await redis.delete(STREAM)
+        await redis.set(STREAM, "not a stream")
 
-        with pytest.raises(ConfigurationError, match="NOGROUP"):
+        with pytest.raises(ConfigurationError, match="WRONGTYPE"):
             await asyncio.wait_for(task, GRACE_S)  # it ends by itself
 
 
@@ -278,6 +326,7 @@ def worker_env(**env: str) -> dict[str, str]:
     }
     fast = {
         "INGEST_BLOCK_MS": "100",
+        "INGEST_WORKER_HTTP_PORT": "0",
         "INGEST_CONSUMER_NAME": "e2e",
         "INGEST_LOG_FORMAT": "json",
         "INGEST_SHUTDOWN_GRACE_S": str(GRACE_S),

@@ -5,6 +5,10 @@ spends a Redis call on this. The backlog is the group's undelivered entries (``l
 pending ones; where Redis cannot tell the lag (NULL after deletions or trims), the stream length
 stands in: an overestimate, so the producer errs towards slowing clients down, never towards
 accepting what cannot be processed.
+
+The same poll notices a consumer group that Redis lost (a restart without persistence, a
+failover to an empty replica, a FLUSHALL) and recreates it at ID 0, so what is accepted while
+no worker runs waits for the workers to come instead of sitting in a stream nobody reads.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from redis.exceptions import RedisError
 
-from ingest_shared.streams import is_transient
+from ingest_shared.streams import ensure_group, is_transient
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -47,10 +51,22 @@ class BacklogMonitor:
         pipe.execute_command("XINFO", "GROUPS", self._stream)
         pipe.execute_command("XLEN", self._stream)
         groups, length = await pipe.execute(raise_on_error=False)
-        if isinstance(groups, RedisError):  # no stream yet: nothing is waiting
-            groups = []
         if isinstance(length, RedisError):
             raise length
+        if isinstance(groups, RedisError) or _find_group(groups, self._group) is None:
+            # The stream or the group is missing: Redis lost it, or nothing was set up yet.
+            if await ensure_group(self._redis, self._stream, self._group):
+                logger.error(
+                    "consumer_group_recreated",
+                    stream=self._stream,
+                    group=self._group,
+                    detail=(
+                        "the consumer group was missing (Redis restarted without persistence, "
+                        "failed over to an empty replica, or was flushed); recreated at ID 0 so "
+                        "the workers process everything in the stream"
+                    ),
+                )
+            groups = []
         self.backlog = _backlog_of(groups, self._group, int(length))
         self.overloaded = self.backlog > self.max_backlog
 
@@ -80,17 +96,23 @@ class BacklogMonitor:
                 await asyncio.wait_for(self._stopping.wait(), REFRESH_INTERVAL_S)
 
 
-def _backlog_of(groups: list[Any], group: str, length: int) -> int:
+def _find_group(groups: list[Any], group: str) -> dict[str, Any] | None:
+    """The XINFO GROUPS entry of ``group``, as a dict, or None."""
     for info in groups:
         fields = _as_dict(info)
         name = fields.get("name")
-        if (name.decode() if isinstance(name, bytes) else name) != group:
-            continue
-        lag = fields.get("lag")
-        pending = int(fields.get("pending") or 0)
-        return (length if lag is None else int(lag)) + pending
-    # No group yet: every entry is waiting for the first worker.
-    return length
+        if (name.decode() if isinstance(name, bytes) else name) == group:
+            return fields
+    return None
+
+
+def _backlog_of(groups: list[Any], group: str, length: int) -> int:
+    fields = _find_group(groups, group)
+    if fields is None:  # no group yet: every entry is waiting for the first worker
+        return length
+    lag = fields.get("lag")
+    pending = int(fields.get("pending") or 0)
+    return (length if lag is None else int(lag)) + pending
 
 
 def _as_dict(info: Any) -> dict[str, Any]:

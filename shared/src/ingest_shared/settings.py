@@ -48,6 +48,8 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     http_workers: int = 1
+    worker_http_host: str = "127.0.0.1"
+    worker_http_port: int = 9100
     log_level: str = "info"
     log_format: str = "auto"
     # The production edge: batches, auth, rate limits, backpressure, durability, trimming.
@@ -109,6 +111,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         http_host=_text(env, "INGEST_HTTP_HOST", d.http_host, _KEY),
         http_port=_int(env, "INGEST_HTTP_PORT", d.http_port, 0, 65_535),
         http_workers=_int(env, "INGEST_HTTP_WORKERS", d.http_workers, 1, 64),
+        worker_http_host=_text(env, "INGEST_WORKER_HTTP_HOST", d.worker_http_host, _KEY),
+        worker_http_port=_int(env, "INGEST_WORKER_HTTP_PORT", d.worker_http_port, 0, 65_535),
         log_level=_choice(env, "INGEST_LOG_LEVEL", d.log_level, _LOG_LEVELS),
         log_format=_choice(env, "INGEST_LOG_FORMAT", d.log_format, _LOG_FORMATS),
         max_body_bytes=_int(env, "INGEST_MAX_BODY_BYTES", d.max_body_bytes, 1_024),

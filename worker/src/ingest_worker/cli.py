@@ -1,8 +1,8 @@
 """``ingest-worker``: settings, logging, the Redis client and signal handling around one Worker.
 
 Exit status: 0 after SIGTERM/SIGINT, 2 for a configuration problem (a bad variable, a Redis
-without TimeSeries, a deleted group), 1 when the shutdown grace period ran out or a bug
-crashed the loop.
+without TimeSeries, a wrong type at the stream key, refused credentials, a metrics port that
+cannot be bound), 1 when the shutdown grace period ran out or a bug crashed the loop.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ingest_shared.processor import create_processor
 from ingest_shared.redis_client import create_redis
 from ingest_shared.settings import load_settings
 from ingest_worker.daemon import Worker
+from ingest_worker.monitor import DEFAULT_MAX_SILENCE_S, Heartbeat, start_monitor
 
 if TYPE_CHECKING:
     from ingest_shared.settings import Settings
@@ -48,12 +49,36 @@ async def serve(settings: Settings) -> int:
     """Run one worker with its own Redis client until it stops; the process exit status."""
     structlog.contextvars.bind_contextvars(consumer=settings.consumer_name)
     socket_timeout = settings.block_ms / 1000 + SOCKET_TIMEOUT_MARGIN_S
+    # A healthy loop beats at least once per blocking read (or socket timeout).
+    heartbeat = Heartbeat(max(DEFAULT_MAX_SILENCE_S, 2 * socket_timeout))
+    monitor = None
+    if settings.worker_http_port:
+        try:
+            monitor = await start_monitor(
+                settings.worker_http_host, settings.worker_http_port, heartbeat
+            )
+        except OSError as exc:
+            log.error(
+                "worker_misconfigured",
+                error=f"cannot listen on {settings.worker_http_host}:{settings.worker_http_port} "
+                f"for /metrics and /health ({exc.strerror}); set INGEST_WORKER_HTTP_PORT to a "
+                "free port, or 0 to disable it",
+            )
+            return EXIT_CONFIGURATION
+        log.info(
+            "worker_monitor_listening",
+            host=settings.worker_http_host,
+            port=settings.worker_http_port,
+        )
     redis = create_redis(settings.redis_url, socket_timeout=socket_timeout)
     try:
-        worker = Worker(redis, create_processor(redis, settings), settings)
+        worker = Worker(redis, create_processor(redis, settings), settings, heartbeat)
         return await run_until_stopped(worker, settings.shutdown_grace_s)
     finally:
         await redis.aclose()
+        if monitor is not None:
+            monitor.close()
+            await monitor.wait_closed()
 
 
 async def run_until_stopped(worker: Worker, grace_s: float) -> int:

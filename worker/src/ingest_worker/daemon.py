@@ -1,11 +1,20 @@
 """The worker loop: set up, drain this consumer's own pending entries, then consume and reclaim.
 
-Every Redis step goes through :meth:`Worker._attempt`, which tells three cases apart:
-transient failures back off (capped, exponential) and repeat the same step, so a batch is
-retried with nothing acked; unexpected errors are logged with their traceback and the step is
-given up after a pause (a batch stays pending, is reclaimed later and counts a delivery, so a
-batch that always fails ends in the dead-letter stream instead of stalling every worker);
-configuration errors (no TimeSeries, group deleted, refused credentials) end the run.
+Every Redis step goes through :meth:`Worker._attempt`, which tells the cases apart:
+
+* transient failures back off (capped, exponential) and repeat the same step, so a batch is
+  retried with nothing acked; once Redis answers again, this consumer's own pending list is
+  read again (at once and a second later) before new entries, because entries Redis handed to
+  a connection that died meanwhile would otherwise wait for the next XAUTOCLAIM;
+* state Redis lost and the worker can rebuild (the group or the stream gone after a restart
+  without persistence, a failover to an empty replica, a FLUSHALL): the group is recreated at
+  ID 0, logged at error, counted, and the step repeated: a worker that exits strands what
+  arrives after;
+* unexpected errors are logged with their traceback and the step is given up after a pause
+  (a batch stays pending, is reclaimed later and counts a delivery, so a batch that always
+  fails ends in the dead-letter stream instead of stalling every worker);
+* configuration errors (no TimeSeries at start, a wrong type at the stream key, refused
+  credentials or ACLs, a cluster node answering MOVED) end the run.
 """
 
 from __future__ import annotations
@@ -16,14 +25,23 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import structlog
-from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    MovedError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ResponseError,
+)
 
 from ingest_shared.exceptions import ConfigurationError, TransientStoreError
 from ingest_shared.functions import load_functions, trim_stream
 from ingest_shared.redis_client import call
+from ingest_shared.schema import now_ms
 from ingest_shared.streams import ensure_group, is_transient
 from ingest_shared.timeseries import check_timeseries
+from ingest_worker import metrics
 from ingest_worker.backoff import Backoff
+from ingest_worker.monitor import Heartbeat
 from ingest_worker.reclaim import Reclaimer, over_delivered
 from ingest_worker.stats import Throughput
 
@@ -38,8 +56,27 @@ if TYPE_CHECKING:
 
 # After an error nobody anticipated: long enough not to flood the log, short enough to recover.
 UNEXPECTED_ERROR_DELAY_S = 5.0
+# After Redis answers again, own pending entries are re-read this long after it (and at once):
+# entries handed to a blocked read whose connection had died can appear in that moment.
+PENDING_RECHECK_DELAYS_S = (0.0, 1.0)
+# While Redis stays unreachable: one warning when it starts, then a reminder this often.
+OUTAGE_REMINDER_INTERVAL_S = 60.0
 # Error codes that mean the deployment, not the moment, is wrong.
-_FATAL_CODES = ("NOGROUP", "WRONGTYPE")
+_FATAL_CODES = ("WRONGTYPE",)
+# The stream or the group is gone (Redis restarted empty, flushed, failed over): rebuild it.
+# UNBLOCKED: a blocked XREADGROUP whose stream was deleted under it.
+_GROUP_GONE_CODES = ("NOGROUP", "UNBLOCKED")
+# What each step sends, for error lines (redis-py's errors do not name the command).
+_STEP_COMMANDS = {
+    "startup": "XGROUP CREATE, TS.INFO, FUNCTION LOAD",
+    "read": "XREADGROUP",
+    "read_own_pending": "XREADGROUP, XPENDING",
+    "reclaim": "XAUTOCLAIM, XPENDING",
+    "trim": "FCALL ingest_trim",
+    "new": "TS.MADD, XADD, XACK",
+    "own_pending": "TS.MADD, XADD, XACK",
+    "reclaimed": "TS.MADD, XADD, XACK",
+}
 
 # XREADGROUP on one stream as redis-py parses it: [[stream, [(id, fields), ...]]], or [].
 ReadReply: TypeAlias = list[list[Any]]
@@ -51,7 +88,13 @@ log = structlog.get_logger("ingest_worker")
 class Worker:
     """One consumer of the group: ``await run()`` until ``stop()`` is called."""
 
-    def __init__(self, redis: Redis, processor: BatchProcessor, settings: Settings) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        processor: BatchProcessor,
+        settings: Settings,
+        heartbeat: Heartbeat | None = None,
+    ) -> None:
         self._redis = redis
         self._processor = processor
         self._settings = settings
@@ -63,6 +106,14 @@ class Worker:
         self._stats = Throughput()
         self._next_claim_at = 0.0  # claim at once: a dead consumer's entries may be waiting
         self._next_trim_at = 0.0
+        self._heartbeat = heartbeat or Heartbeat()
+        self._group_missing = False
+        self._recoveries_in_a_row = 0
+        self._disturbed = False  # a transient failure since the last successful step
+        self._outage_since: float | None = None
+        self._next_reminder_at = 0.0
+        self._pending_checks: list[float] = []  # monotonic times to re-read own pending
+        self._batch_seq = 0
         self.stop_requested = asyncio.Event()
 
     def stop(self) -> None:
@@ -126,13 +177,17 @@ class Worker:
         return entries, await over_delivered(self._redis, self._settings, entries)
 
     async def _step(self) -> None:
-        """One reclaim if it is due, then one bounded read of new entries."""
+        """Own pending if a reconnect left some, one reclaim if due, one bounded read."""
+        if self._pending_checks and time.monotonic() >= self._pending_checks[0]:
+            self._pending_checks.pop(0)
+            await self._drain_own_pending()
         if time.monotonic() >= self._next_claim_at:
             claimed = await self._attempt("reclaim", self._reclaimer.claim)
             more = claimed is not None and claimed.more
             interval_s = 0.0 if more else self._settings.claim_interval_ms / 1000
             self._next_claim_at = time.monotonic() + interval_s
             if claimed is not None and claimed.entries:
+                metrics.RECLAIMED.inc(len(claimed.entries))
                 await self._handle("reclaimed", claimed.entries, claimed.forced)
             if self.stop_requested.is_set():
                 return
@@ -150,7 +205,11 @@ class Worker:
         return await trim_stream(self._redis, self._settings.keys, self._settings.stream_keep)
 
     async def _read_new(self) -> list[Entry]:
-        return await self._read(b">", self._settings.block_ms)
+        block_ms = self._settings.block_ms
+        if self._pending_checks:  # do not block past the next re-read of own pending
+            due_ms = (self._pending_checks[0] - time.monotonic()) * 1000
+            block_ms = max(1, min(block_ms, int(due_ms)))
+        return await self._read(b">", block_ms)
 
     async def _read(self, after: bytes, block_ms: int | None = None) -> list[Entry]:
         """One XREADGROUP of up to a batch; ``after`` is ``>`` (new) or an id (own pending)."""
@@ -175,13 +234,17 @@ class Worker:
         self, origin: str, entries: list[Entry], forced: Mapping[bytes, str] | None = None
     ) -> None:
         """Process one batch; on giving up, its entries stay pending for a later reclaim."""
+        self._batch_seq += 1
+        structlog.contextvars.bind_contextvars(batch=self._batch_seq)
         started = time.perf_counter()
         process = partial(self._processor.process, entries, self._consumer, forced)
         result: BatchResult | None = await self._attempt(origin, process)
         if result is None:
             log.warning("batch_left_pending", origin=origin, entries=len(entries))
             return
+        duration = time.perf_counter() - started
         self._stats.add(result)
+        _observe(result, entries, duration)
         log.debug(
             "batch_processed",
             origin=origin,
@@ -189,7 +252,7 @@ class Worker:
             processed=result.processed,
             dead_lettered=result.dead_lettered,
             acked=result.acked,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            duration_ms=round(duration * 1000, 2),
         )
 
     def _summarize_if_due(self) -> None:
@@ -200,20 +263,100 @@ class Worker:
         """``op()``, repeated while Redis fails transiently; None once given up or stopped."""
         while True:
             try:
+                if self._group_missing:
+                    await self._recreate_group(step)
                 result = await op()
             except Exception as exc:
                 self._raise_if_fatal(exc)
+                if _group_gone(exc):
+                    self._group_missing = True
+                    self._recoveries_in_a_row += 1
+                    # Gone again right after a recreation: someone keeps deleting it; slow down.
+                    if self._recoveries_in_a_row > 1 and not await self._pause(
+                        self._backoff.next_delay()
+                    ):
+                        return None
+                    continue
                 if isinstance(exc, TransientStoreError) or is_transient(exc):
+                    metrics.REDIS_ERRORS.labels("transient").inc()
                     delay = self._backoff.next_delay()
-                    log.warning("redis_unavailable", step=step, error=str(exc), retry_in_s=delay)
+                    self._report_transient(step, exc, delay)
                     if await self._pause(delay):
                         continue
                     return None
-                log.exception("unexpected_error", step=step, retry_in_s=UNEXPECTED_ERROR_DELAY_S)
+                metrics.REDIS_ERRORS.labels("unexpected").inc()
+                log.exception(
+                    "unexpected_error",
+                    step=step,
+                    commands=_STEP_COMMANDS.get(step),
+                    retry_in_s=UNEXPECTED_ERROR_DELAY_S,
+                )
                 await self._pause(UNEXPECTED_ERROR_DELAY_S)
                 return None
-            self._backoff.reset()
+            self._succeeded()
             return result
+
+    def _succeeded(self) -> None:
+        """A step worked: reset the backoff, beat, and after an outage plan the re-reads."""
+        self._backoff.reset()
+        self._heartbeat.beat()
+        self._recoveries_in_a_row = 0
+        if self._disturbed:
+            self._disturbed = False
+            now = time.monotonic()
+            self._pending_checks = [now + delay for delay in PENDING_RECHECK_DELAYS_S]
+            if self._outage_since is not None:
+                log.info("redis_available_again", down_for_s=round(now - self._outage_since, 1))
+                self._outage_since = None
+
+    def _report_transient(self, step: str, exc: Exception, delay: float) -> None:
+        """One line when an outage starts, then a reminder per interval (not one per retry)."""
+        self._disturbed = True
+        commands = _STEP_COMMANDS.get(step)
+        if isinstance(exc, OutOfMemoryError):
+            # Not an outage: Redis answers, but refuses writes until memory is freed.
+            log.error("redis_out_of_memory", step=step, commands=commands, retry_in_s=delay)
+            return
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+            self._next_reminder_at = now + OUTAGE_REMINDER_INTERVAL_S
+            log.warning(
+                "redis_unavailable", step=step, commands=commands, error=str(exc), retry_in_s=delay
+            )
+        elif now >= self._next_reminder_at:
+            self._next_reminder_at = now + OUTAGE_REMINDER_INTERVAL_S
+            log.warning(
+                "redis_still_unavailable",
+                step=step,
+                error=str(exc),
+                down_for_s=round(now - self._outage_since, 1),
+            )
+        else:
+            log.debug("redis_retry", step=step, error=str(exc), retry_in_s=delay)
+
+    async def _recreate_group(self, step: str) -> None:
+        """Recreate the missing group at ID 0 (MKSTREAM) and reload the function library."""
+        created = await ensure_group(self._redis, self._stream, self._group)
+        await load_functions(self._redis)
+        self._group_missing = False
+        self._reclaimer.restart()
+        # Whatever this consumer had pending went with the old group; read the new one first.
+        self._pending_checks = [time.monotonic()]
+        if created:
+            metrics.GROUP_RECREATED.inc()
+        log.error(
+            "consumer_group_recreated",
+            stream=self._stream,
+            group=self._group,
+            step=step,
+            created_by="this worker" if created else "another process",
+            detail=(
+                "the stream or its consumer group was missing (Redis restarted without "
+                "persistence, failed over to an empty replica, or was flushed); the group was "
+                "recreated at ID 0, so everything still in the stream will be processed"
+            ),
+        )
 
     def _raise_if_fatal(self, exc: Exception) -> None:
         if isinstance(exc, ConfigurationError):
@@ -221,11 +364,14 @@ class Worker:
         if isinstance(exc, AuthenticationError | NoPermissionError):
             msg = f"Redis refused this worker's credentials or ACL: {exc}"
             raise ConfigurationError(msg) from exc
-        if isinstance(exc, ResponseError) and str(exc).startswith(_FATAL_CODES):
+        if isinstance(exc, MovedError):
             msg = (
-                f"stream {self._stream!r} or its group {self._group!r} is gone or is not a "
-                f"stream (deleted while running?): {exc}"
+                f"Redis answered MOVED ({exc}): REDIS_URL names a Redis Cluster node, and this "
+                "worker runs in single-node mode"
             )
+            raise ConfigurationError(msg) from exc
+        if isinstance(exc, ResponseError) and str(exc).startswith(_FATAL_CODES):
+            msg = f"stream {self._stream!r} holds another type of value: {exc}"
             raise ConfigurationError(msg) from exc
 
     async def _pause(self, seconds: float) -> bool:
@@ -235,3 +381,23 @@ class Worker:
         except TimeoutError:
             return True
         return False
+
+
+def _group_gone(exc: Exception) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith(_GROUP_GONE_CODES)
+
+
+def _observe(result: BatchResult, entries: list[Entry], duration_s: float) -> None:
+    """Per-batch metrics (a handful of updates whatever the batch size)."""
+    metrics.BATCH_SIZE.observe(len(entries))
+    metrics.BATCH_DURATION.observe(duration_s)
+    if result.processed:
+        metrics.EVENTS_PROCESSED.inc(result.processed)
+        metrics.SAMPLES_STORED.inc(2 * result.processed)
+    if result.acked:
+        metrics.ACKED.inc(result.acked)
+    if result.dead_lettered:
+        metrics.DEAD_LETTERED.labels("invalid_or_rejected").inc(result.dead_lettered)
+    # Stream ids are <enqueue ms>-<seq>; the first entry of a batch is its oldest.
+    enqueued_ms = int(entries[0][0].split(b"-", 1)[0])
+    metrics.EVENT_AGE.observe(max(0, now_ms() - enqueued_ms) / 1000)

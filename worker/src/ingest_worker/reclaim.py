@@ -45,6 +45,10 @@ class Reclaimer:
         self._stream = settings.keys.stream
         self._cursor = _CURSOR_START
 
+    def restart(self) -> None:
+        """Scan the pending list from the start again (the group was recreated)."""
+        self._cursor = _CURSOR_START
+
     async def claim(self) -> Claimed:
         """Claim up to one batch of entries idle longer than ``claim_idle_ms``."""
         reply: AutoclaimReply = await self._redis.xautoclaim(

@@ -1,0 +1,148 @@
+"""Faults that used to need a human: Redis restarted empty, flushed, or stalled under load.
+
+The real producer and worker run as processes against a private Redis while a steady load of
+batches is posted. After each fault, every event accepted once Redis was back must be in its
+device series, and nothing may stay pending: the worker recreates a lost group by itself and
+re-reads its own pending entries after a reconnect instead of waiting for XAUTOCLAIM (one
+minute here, far longer than the tests wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+from redis.asyncio import Redis
+from tests.faults.harness import Load, Services, check, eventually, pending
+
+from ingest_shared.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from pathlib import Path
+
+    from tests.conftest import LocalRedisFactory
+
+pytestmark = pytest.mark.slow
+
+STEADY_S = 1.5
+AFTER_RECOVERY_S = 2.5
+# Far below INGEST_CLAIM_IDLE_MS (60 s): only the worker's own recovery can meet it.
+DRAIN_WITHIN_S = 15.0
+GROUP = Settings().consumer_group
+STREAM = Settings().stream_key
+
+
+async def run_fault(
+    services: Services,
+    redis: Redis,
+    fault: Callable[[], Awaitable[None]],
+    *,
+    everything_survives: bool,
+) -> None:
+    """Load, fault, load; then every event accepted after the fault is stored, none pending."""
+    with services.running("ingest-producer", "ingest-worker"):
+        await services.ready()
+        load = Load(services.base_url)
+        async with load.running():
+            await asyncio.sleep(STEADY_S)
+            await fault()
+            back = time.monotonic()
+            await asyncio.sleep(AFTER_RECOVERY_S)
+            services.alive()  # neither service gave up
+        events = load.accepted(sent_after=0.0 if everything_survives else back)
+        assert events, f"nothing was accepted after the fault: {load.statuses()}"
+
+        async def all_stored() -> bool:
+            report = await check(redis, events, load.sources)
+            return not report.lost and report.pending == 0
+
+        drained_s = await eventually(all_stored, DRAIN_WITHIN_S, "every accepted event stored")
+        report = await check(redis, events, load.sources)
+        print(
+            f"\n  recovery: {report.line()}; drained {drained_s:.2f} s after the load stopped, "
+            f"{time.monotonic() - back:.2f} s after Redis was back; statuses {load.statuses()}"
+        )
+        assert not report.lost
+        assert not report.wrong
+        assert report.pending == 0
+        services.alive()
+
+
+async def test_flushall_under_load_recreates_the_group_and_loses_nothing_after(
+    local_redis_server: LocalRedisFactory, tmp_path: Path
+) -> None:
+    server = local_redis_server()
+    async with Redis.from_url(server.url) as redis:
+
+        async def flush() -> None:
+            await redis.flushall()
+
+        await run_fault(Services(server.url, tmp_path), redis, flush, everything_survives=False)
+        assert "consumer_group_recreated" in Services(server.url, tmp_path).log("ingest-worker")
+
+
+async def test_restart_without_persistence_under_load_recovers_without_a_human(
+    local_redis_server: LocalRedisFactory, tmp_path: Path
+) -> None:
+    server = local_redis_server(appendonly=False)
+    async with Redis.from_url(server.url) as redis:
+
+        async def restart_empty() -> None:
+            await asyncio.to_thread(server.stop)
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(server.start)
+
+        await run_fault(
+            Services(server.url, tmp_path), redis, restart_empty, everything_survives=False
+        )
+
+
+async def test_stall_longer_than_the_socket_timeout_delays_nothing_until_xautoclaim(
+    local_redis_server: LocalRedisFactory, tmp_path: Path
+) -> None:
+    server = local_redis_server(appendonly=True)
+    pid = server.pid
+    assert pid is not None
+    # The worker's socket timeout is INGEST_BLOCK_MS (0.5 s) + 5 s: stall past it.
+    stall_s = 7.0
+    async with Redis.from_url(server.url) as redis:
+
+        async def stall() -> None:
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(stall_s)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+
+        await run_fault(Services(server.url, tmp_path), redis, stall, everything_survives=True)
+
+
+async def test_producer_recreates_a_lost_group_while_no_worker_runs(
+    local_redis_server: LocalRedisFactory, tmp_path: Path
+) -> None:
+    server = local_redis_server()
+    services = Services(server.url, tmp_path)
+    async with Redis.from_url(server.url) as redis:
+        with services.running("ingest-producer"):
+            await services.ready()
+            await redis.flushall()
+            load = Load(services.base_url, concurrency=1)
+            async with load.running():
+                await asyncio.sleep(0.5)
+
+            async def group_back() -> bool:
+                groups = await redis.xinfo_groups(STREAM) if await redis.exists(STREAM) else []
+                return any(g["name"] == GROUP.encode() for g in groups)
+
+            await eventually(group_back, 5.0, "the producer to recreate the group")
+            [group] = await redis.xinfo_groups(STREAM)
+            # At ID 0: every accepted event waits for the workers to come.
+            assert group["last-delivered-id"] == b"0-0"
+            assert group["lag"] == await redis.xlen(STREAM) == len(load.accepted()) > 0
+            assert await pending(redis) == 0
+        assert "consumer_group_recreated" in services.log("ingest-producer")
