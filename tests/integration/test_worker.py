@@ -266,7 +266,8 @@ async def test_entries_handed_to_a_dead_connection_are_processed_right_after_the
         await eventually(lambda: consumer_exists(redis, "alive"))
         await eventually(lambda: has_blocked_reader(redis))
         reader = await blocked_reader(redis)
-        await redis.execute_command("CLIENT", "KILL", "ID", reader)
+        assert reader is not None
+        await call(redis, "CLIENT", "KILL", "ID", reader)
         await enqueue(redis, 3)
         # What the dead connection would have received: a delivery to the same consumer.
         await redis.xreadgroup(GROUP, "alive", {STREAM: ">"}, count=3)

@@ -89,13 +89,14 @@ async def test_metrics_count_a_known_workload_exactly(redis: Redis, redis_url: s
     ):
         before = await scrape(http)
         for n in range(7):
-            fields = {
+            fields: dict[bytes, str] = {
                 k.FIELD_SOURCE: f"dev-{n % 2}",
                 k.FIELD_METRIC: "cpu",
                 k.FIELD_VALUE: str(n),
                 k.FIELD_OCCURRED_AT: format_ms(base + n),
             }
-            await call(redis, "XADD", STREAM, "*", *itertools.chain(*fields.items()))
+            flat: list[bytes | str] = list(itertools.chain.from_iterable(fields.items()))
+            await call(redis, "XADD", STREAM, "*", *flat)
         for _ in range(2):
             await redis.xadd(STREAM, {"garbage": "1"})
 
