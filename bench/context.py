@@ -121,9 +121,12 @@ class Bench:
         for name in list(self.servers):
             self.stop(name)
 
-    def producer(self, workers: int = 1) -> Server | None:
-        """`ingest-producer` with `workers` uvicorn processes, or None (reason recorded)."""
-        name = f"producer-{workers}p"
+    def producer(self, workers: int = 1, *, metrics: bool = True) -> Server | None:
+        """`ingest-producer` with `workers` uvicorn processes, or None (reason recorded).
+
+        ``metrics=False`` runs it with INGEST_METRICS=off, to measure what metrics cost.
+        """
+        name = f"producer-{workers}p" + ("" if metrics else "-nometrics")
         if name in self.servers:
             return self.servers[name]
         script = venv_script("ingest-producer")
@@ -132,7 +135,10 @@ class Bench:
             return None
         port = free_port()
         env = self.product_env(
-            INGEST_HTTP_HOST=HOST, INGEST_HTTP_PORT=str(port), INGEST_HTTP_WORKERS=str(workers)
+            INGEST_HTTP_HOST=HOST,
+            INGEST_HTTP_PORT=str(port),
+            INGEST_HTTP_WORKERS=str(workers),
+            INGEST_METRICS="on" if metrics else "off",
         )
         server = Server(
             name, [str(script)], env, self.workdir / "logs",

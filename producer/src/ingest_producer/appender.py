@@ -22,8 +22,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ingest_shared.exceptions import OutcomeUnknownError
 from ingest_shared.functions import (
     NO_FUNCTION,
     Appended,
@@ -133,9 +136,13 @@ class EventAppender:
         try:
             replies, problem = await self._call(append_command(self._keys, segments))
         except Exception as exc:  # handed to every waiting request, which reports it
+            error = exc
+            if _sent_before_failing(exc):
+                error = OutcomeUnknownError(str(exc))
+                error.__cause__ = exc
             for *_, future in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(error)
             return
         for reply, requests in zip(replies, owners, strict=True):
             _settle(reply, requests, problem)
@@ -198,6 +205,16 @@ class DurabilityWait:
             return None
         what = "the local AOF fsync" if name == "WAITAOF" else f"{self._needed} replica(s)"
         return f"{what} did not confirm the write within {self._timeout_ms} ms"
+
+
+def _sent_before_failing(error: Exception) -> bool:
+    """True when the call failed after it may have reached Redis (a reply timed out or the
+    connection dropped mid-call); False when it failed to connect, so nothing ran."""
+    if not isinstance(error, RedisTimeoutError | RedisConnectionError):
+        return False
+    # redis-py words connection-phase failures "Error N connecting to ..." / "Timeout
+    # connecting to server"; nothing was sent on such a connection.
+    return "connecting to" not in str(error)
 
 
 def _settle(

@@ -6,6 +6,7 @@ settings and configures logging; the Redis client it creates is closed by the ap
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 # Below the ~2 s clients may wait for a 503: a hanging Redis fails a request after this long.
 REDIS_SOCKET_TIMEOUT_S = 1.5
 REDIS_CONNECT_TIMEOUT_S = 1.0
+# Set by the CLI for several processes (prometheus-client's own variable, read at its import).
+MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def create_asgi_app() -> Litestar:
@@ -36,10 +39,10 @@ def create_asgi_app() -> Litestar:
         print(f"ingest-producer: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log_level, settings.log_format)
-    return build_app(settings)
+    return build_app(settings, multiprocess_dir=os.environ.get(MULTIPROC_DIR_VARIABLE))
 
 
-def build_app(settings: Settings) -> Litestar:
+def build_app(settings: Settings, multiprocess_dir: str | None = None) -> Litestar:
     """The app with a Redis client that lives exactly as long as the app does."""
     redis = create_redis(
         settings.redis_url,
@@ -55,4 +58,4 @@ def build_app(settings: Settings) -> Litestar:
         finally:
             await redis.aclose()
 
-    return create_app(settings, redis, lifespan=[close_redis])
+    return create_app(settings, redis, lifespan=[close_redis], multiprocess_dir=multiprocess_dir)

@@ -6,6 +6,9 @@ pending ones; where Redis cannot tell the lag (NULL after deletions or trims), t
 stands in: an overestimate, so the producer errs towards slowing clients down, never towards
 accepting what cannot be processed.
 
+The same round trip samples the queue gauges of ``/metrics`` when they are exported (stream
+length, entries added, pending, lag, consumers, oldest pending age, dead letters).
+
 The same poll notices a consumer group that Redis lost (a restart without persistence, a
 failover to an empty replica, a FLUSHALL) and recreates it at ID 0, so what is accepted while
 no worker runs waits for the workers to come instead of sitting in a stream nobody reads.
@@ -20,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from redis.exceptions import RedisError
 
+from ingest_producer import metrics
+from ingest_shared.schema import now_ms
 from ingest_shared.streams import ensure_group, is_transient
 
 if TYPE_CHECKING:
@@ -36,10 +41,20 @@ logger = structlog.get_logger(__name__)
 class BacklogMonitor:
     """Keeps :attr:`backlog` and :attr:`overloaded` current while :meth:`running`."""
 
-    def __init__(self, redis: Redis, stream: str, group: str, max_backlog: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        stream: str,
+        group: str,
+        max_backlog: int,
+        *,
+        dead_letter: str | None = None,
+    ) -> None:
+        """With ``dead_letter`` set, each refresh also samples the queue gauges."""
         self._redis = redis
         self._stream = stream
         self._group = group
+        self._dead_letter = dead_letter
         self.max_backlog = max_backlog
         self.backlog: int | None = None
         self.overloaded = False
@@ -50,12 +65,17 @@ class BacklogMonitor:
         pipe = self._redis.pipeline(transaction=False)
         pipe.execute_command("XINFO", "GROUPS", self._stream)
         pipe.execute_command("XLEN", self._stream)
-        groups, length = await pipe.execute(raise_on_error=False)
+        if self._dead_letter is not None:
+            pipe.execute_command("XLEN", self._dead_letter)
+            pipe.execute_command("XINFO", "STREAM", self._stream)
+            pipe.xpending(self._stream, self._group)
+        groups, length, *sampled = await pipe.execute(raise_on_error=False)
         if isinstance(length, RedisError):
             raise length
         if isinstance(groups, RedisError) or _find_group(groups, self._group) is None:
             # The stream or the group is missing: Redis lost it, or nothing was set up yet.
             if await ensure_group(self._redis, self._stream, self._group):
+                metrics.GROUP_RECREATED.inc()
                 logger.error(
                     "consumer_group_recreated",
                     stream=self._stream,
@@ -69,6 +89,16 @@ class BacklogMonitor:
             groups = []
         self.backlog = _backlog_of(groups, self._group, int(length))
         self.overloaded = self.backlog > self.max_backlog
+        if sampled:
+            dead_letters, stream_info, pending = sampled
+            _export(
+                _find_group(groups, self._group),
+                int(length),
+                self.backlog,
+                dead_letters=dead_letters,
+                stream_info=stream_info,
+                pending=pending,
+            )
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[BacklogMonitor]:
@@ -113,6 +143,40 @@ def _backlog_of(groups: list[Any], group: str, length: int) -> int:
     lag = fields.get("lag")
     pending = int(fields.get("pending") or 0)
     return (length if lag is None else int(lag)) + pending
+
+
+def _export(
+    group: dict[str, Any] | None,
+    length: int,
+    backlog: int,
+    *,
+    dead_letters: object,
+    stream_info: object,
+    pending: object,
+) -> None:
+    """Set the queue gauges from one refresh; replies that are errors leave theirs alone."""
+    metrics.QUEUE_LENGTH.set(length)
+    metrics.QUEUE_BACKLOG.set(backlog)
+    if isinstance(dead_letters, int):
+        metrics.DEAD_LETTER_LENGTH.set(dead_letters)
+    if isinstance(stream_info, dict):
+        info = _as_dict(stream_info)
+        metrics.QUEUE_ADDED.set(int(info.get("entries-added") or 0))
+    if group is None:
+        metrics.QUEUE_PENDING.set(0)
+        metrics.QUEUE_LAG.set(length)
+        metrics.QUEUE_CONSUMERS.set(0)
+    else:
+        lag = group.get("lag")
+        metrics.QUEUE_PENDING.set(int(group.get("pending") or 0))
+        metrics.QUEUE_LAG.set(length if lag is None else int(lag))
+        metrics.QUEUE_CONSUMERS.set(int(group.get("consumers") or 0))
+    oldest = pending.get("min") if isinstance(pending, dict) else None
+    if oldest:
+        enqueued_ms = int(oldest.split(b"-", 1)[0])
+        metrics.QUEUE_OLDEST_PENDING_AGE.set(max(0, now_ms() - enqueued_ms) / 1000)
+    else:
+        metrics.QUEUE_OLDEST_PENDING_AGE.set(0)
 
 
 def _as_dict(info: Any) -> dict[str, Any]:

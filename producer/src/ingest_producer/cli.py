@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import sys
+import tempfile
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from ingest_producer.asgi import build_app
+from ingest_producer.asgi import MULTIPROC_DIR_VARIABLE, build_app
 from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.logconfig import configure_logging
 from ingest_shared.settings import load_settings
@@ -36,6 +39,20 @@ class Server(uvicorn.Server):
             self._captured_signals.clear()
 
 
+@contextlib.contextmanager
+def _multiprocess_metrics_dir() -> Iterator[None]:
+    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for the worker processes (kept if the user set one)."""
+    if os.environ.get(MULTIPROC_DIR_VARIABLE):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="ingest-producer-metrics-")
+    os.environ[MULTIPROC_DIR_VARIABLE] = path  # inherited by the processes uvicorn spawns
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def main() -> None:
     """Parse the settings once, configure logging, serve until SIGTERM/SIGINT.
 
@@ -59,8 +76,10 @@ def main() -> None:
         "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace_s),
     }
     if settings.http_workers > 1:
-        # Several processes need an import string; each process then runs the factory.
-        uvicorn.run(ASGI_FACTORY, factory=True, workers=settings.http_workers, **options)
+        # Several processes need an import string; each process then runs the factory. They
+        # share their metrics through files in one directory, made fresh for this run.
+        with _multiprocess_metrics_dir():
+            uvicorn.run(ASGI_FACTORY, factory=True, workers=settings.http_workers, **options)
         return
     server = Server(uvicorn.Config(build_app(settings), **options))
     server.run()

@@ -5,6 +5,8 @@
 422  schema or time-window violation          (ValidationException, InvalidEventError)
 503  Redis unreachable, hanging or busy        (transient RedisError/OSError,
      + ``Retry-After``                          TransientStoreError)
+503  Redis refused the command (NOPERM), is out of memory, or answered MOVED: the detail says
+     which, and one error line is logged per interval (never "Redis is unavailable")
 500  anything else; logged with its traceback
 """
 
@@ -17,10 +19,11 @@ import structlog
 from litestar import MediaType, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
-from redis.exceptions import RedisError
+from redis.exceptions import MovedError, NoPermissionError, OutOfMemoryError, RedisError
 
+from ingest_producer import metrics
 from ingest_producer.models import ErrorBody, FieldError
-from ingest_shared.exceptions import InvalidEventError, TransientStoreError
+from ingest_shared.exceptions import InvalidEventError, OutcomeUnknownError, TransientStoreError
 from ingest_shared.schema import JSON_ENCODER
 from ingest_shared.streams import is_transient
 
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from litestar.types import ExceptionHandlersMap
 
 RETRY_AFTER_SECONDS = 1
+INGEST_PATH = "/api/ingest/events"
 # One "redis_unavailable" warning per interval, however many requests fail meanwhile.
 UNAVAILABLE_LOG_INTERVAL_S = 5.0
 
@@ -115,9 +119,51 @@ class _Throttle:
         return skipped
 
 
+# Redis answered, but not with what the request needed: (metric kind, log event, 503 detail).
+_REFUSALS: tuple[tuple[type[RedisError], str, str, str], ...] = (
+    (
+        NoPermissionError,
+        "permission",
+        "redis_permission_denied",
+        "Redis refused a command to this service's user (NOPERM: {error}); nothing was "
+        "enqueued. Check the ACL of the user in REDIS_URL",
+    ),
+    (
+        OutOfMemoryError,
+        "out_of_memory",
+        "redis_out_of_memory",
+        "Redis is out of memory (maxmemory reached); nothing was enqueued, retry later",
+    ),
+    (
+        MovedError,
+        "moved",
+        "redis_moved",
+        "Redis answered MOVED ({error}): REDIS_URL names a Redis Cluster node and this "
+        "producer runs in single-node mode",
+    ),
+)
+
+
 def exception_handlers() -> ExceptionHandlersMap:
     """The app's exception handlers; their throttling state is per app."""
     throttle = _Throttle(UNAVAILABLE_LOG_INTERVAL_S)
+    refusal_throttles = {kind: _Throttle(UNAVAILABLE_LOG_INTERVAL_S) for _, kind, *_ in _REFUSALS}
+    unavailable = metrics.REDIS_ERRORS.labels("unavailable")
+
+    def on_refused(request: Request[Any, Any, Any], exc: RedisError) -> Response[bytes] | None:
+        """The 503 for a refusal Redis explained, or None if ``exc`` is not one."""
+        for error_type, kind, event, detail in _REFUSALS:
+            if isinstance(exc, error_type):
+                metrics.REDIS_ERRORS.labels(kind).inc()
+                skipped = refusal_throttles[kind].due()
+                if skipped is not None:
+                    logger.error(event, error=str(exc), path=request.scope["path"], skipped=skipped)
+                return error_response(
+                    503,
+                    detail.format(error=exc),
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
+        return None
 
     def on_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
         errors = _field_errors(exc.extra)
@@ -132,8 +178,21 @@ def exception_handlers() -> ExceptionHandlersMap:
         return error_response(422, validation_detail(errors), errors)
 
     def on_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+        cause = exc.__cause__ if isinstance(exc, TransientStoreError) else exc
+        if isinstance(cause, RedisError) and (refused := on_refused(request, cause)) is not None:
+            return refused
         if not (isinstance(exc, TransientStoreError) or is_transient(exc)):
             return on_unexpected(request, exc)
+        unavailable.inc()
+        if isinstance(exc, OutcomeUnknownError):
+            detail = (
+                "Redis did not answer in time: the events MAY have been enqueued; retry with the "
+                "same Idempotency-Key to avoid duplicates"
+            )
+        elif request.scope["path"] == INGEST_PATH:
+            detail = "Redis is unavailable, nothing was enqueued; retry later"
+        else:
+            detail = "Redis is unavailable; retry later"
         skipped = throttle.due()
         if skipped is not None:
             logger.warning(
@@ -143,15 +202,13 @@ def exception_handlers() -> ExceptionHandlersMap:
                 path=request.scope["path"],
                 skipped=skipped,
             )
-        return error_response(
-            503,
-            "Redis is unavailable, retry later",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        return error_response(503, detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-        if is_transient(exc):
+        if is_transient(exc) or isinstance(exc, NoPermissionError | MovedError):
             return on_unavailable(request, exc)
+        if isinstance(exc, RedisError):
+            metrics.REDIS_ERRORS.labels("other").inc()
         logger.error("unhandled_error", path=request.scope["path"], exc_info=exc)
         return error_response(500, "Internal server error")
 

@@ -10,13 +10,14 @@ from typing import Any, TypeAlias
 
 import msgspec
 from litestar import MediaType, Request, post
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response.base import ASGIResponse
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from ingest_producer import metrics
 from ingest_producer.appender import AppendResult, EventAppender, NotDurable
 from ingest_producer.auth import ACCESS_OPT, ANONYMOUS, Access
 from ingest_producer.backlog import BacklogMonitor
@@ -80,15 +81,24 @@ _INGEST_ERRORS = {
             "(shared by every producer); nothing was enqueued; retry after `Retry-After` seconds"
         ),
         503: (
-            "Retry after `Retry-After` seconds. Either nothing was enqueued (the workers are "
-            "more than INGEST_MAX_BACKLOG entries behind, or Redis is unreachable), or, with "
-            "INGEST_DURABILITY, the events were appended but the AOF fsync or the replicas did "
-            "not confirm them in time: delivery is at least once, so they may already be in the "
-            "stream; retry with the same Idempotency-Key to avoid duplicates"
+            "Retry after `Retry-After` seconds; `detail` says which case applies. NOT "
+            "enqueued: the workers are more than INGEST_MAX_BACKLOG entries behind, Redis "
+            "could not be reached, refused the command (ACL) or is out of memory. MAY have been "
+            "enqueued: Redis did not answer in time after the append was sent, or, with "
+            "INGEST_DURABILITY, the AOF fsync or the replicas did not confirm it. Delivery is "
+            "at least once: send an Idempotency-Key and retry with the same one, so a retry "
+            "never duplicates"
         ),
     }.items()
 }
 _PROCESS_BODY = json_body_operation(ProcessRequest, "Which consumer reads, and how many entries.")
+# Bound once: labels() on the hot path would cost a lookup per request.
+_ACCEPTED = metrics.EVENTS_ACCEPTED
+_REJECTED_INVALID = metrics.EVENTS_REJECTED.labels("invalid")
+_REJECTED_RATE = metrics.EVENTS_REJECTED.labels("rate_limited")
+_REJECTED_CONFLICT = metrics.EVENTS_REJECTED.labels("conflict")
+_REJECTED_UNAVAILABLE = metrics.EVENTS_REJECTED.labels("unavailable")
+_REJECTED_NOT_DURABLE = metrics.EVENTS_REJECTED.labels("not_durable")
 
 
 class Guards:
@@ -161,8 +171,12 @@ def enqueue_route(
         if not accepted:  # nothing to append, count or remember
             return _json(_batch_body([], b""))
         idempotency, limit = guards.of(request, headers, body, b"")
-        result = await appender.append(accepted, idempotency, limit)
-        return _respond(result, _batch_body, b"")
+        try:
+            result = await appender.append(accepted, idempotency, limit)
+        except Exception:
+            _REJECTED_UNAVAILABLE.inc(len(accepted))
+            raise
+        return _respond(result, _batch_body, b"", len(accepted))
 
     @post(
         "/api/ingest/events",
@@ -200,13 +214,22 @@ def enqueue_route(
             first = body.lstrip()[:1]
         if first == b"[":
             return await enqueue_batch(request, headers, body, decode_array(body, max_batch))
-        out = window.accept(decode_json(body, EVENT_DECODER), now_ms())
+        try:
+            out = window.accept(decode_json(body, EVENT_DECODER), now_ms())
+        except (InvalidEventError, ValidationException):
+            _REJECTED_INVALID.inc()
+            raise
         value = JSON_ENCODER.encode(out)
         idempotency, limit = guards.of(request, headers, body, value)
-        result = await appender.append([out], idempotency, limit)
+        try:
+            result = await appender.append([out], idempotency, limit)
+        except Exception:
+            _REJECTED_UNAVAILABLE.inc()
+            raise
         if type(result) is Appended:
+            _ACCEPTED.inc()
             return _json(_single_body(result.ids, value))
-        return _respond(result, _single_body, value)
+        return _respond(result, _single_body, value, 1)
 
     return enqueue_events
 
@@ -228,16 +251,20 @@ def _json(body: bytes, headers: dict[str, str] | None = None) -> ASGIResponse:
     return ASGIResponse(body=body, media_type=MediaType.JSON, headers=headers)
 
 
-def _respond(result: AppendResult, render: Render, echo: bytes) -> ASGIResponse:
-    """The response for every outcome of an append."""
+def _respond(result: AppendResult, render: Render, echo: bytes, events: int) -> ASGIResponse:
+    """The response for every outcome of an append of ``events`` events (and its metrics)."""
     if isinstance(result, Appended):
+        _ACCEPTED.inc(events)
         return _json(render(result.ids, echo))
     if isinstance(result, Duplicate):
         return _json(render(result.ids, result.echo), {REPLAYED_HEADER: "true"})
     if isinstance(result, Conflict):
+        _REJECTED_CONFLICT.inc(events)
         detail = "this Idempotency-Key was already used with a different body"
         raise HTTPException(detail=detail, status_code=409)
     if isinstance(result, NotDurable):
+        metrics.DURABILITY_FAILURES.inc()
+        _REJECTED_NOT_DURABLE.inc(events)
         detail = (
             f"not confirmed durable: {result.detail}; the events may be in the stream "
             "already (retry with the same Idempotency-Key to avoid duplicates)"
@@ -245,6 +272,8 @@ def _respond(result: AppendResult, render: Render, echo: bytes) -> ASGIResponse:
         raise HTTPException(
             detail=detail, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
         )
+    metrics.RATE_LIMITED.inc()
+    _REJECTED_RATE.inc(events)
     retry_after = max(1, math.ceil(result.retry_after_ms / 1000))
     raise HTTPException(
         detail="rate limit exceeded; nothing was enqueued",
@@ -254,6 +283,7 @@ def _respond(result: AppendResult, render: Render, echo: bytes) -> ASGIResponse:
 
 
 def _overloaded(backlog: BacklogMonitor) -> HTTPException:
+    metrics.BACKPRESSURE.inc()
     detail = (
         f"the workers are behind ({backlog.backlog} entries waiting, more than "
         f"INGEST_MAX_BACKLOG={backlog.max_backlog}); nothing was enqueued, retry later"

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 import msgspec
 from litestar.exceptions import ClientException, HTTPException, ValidationException
 
+from ingest_producer import metrics
 from ingest_producer.errors import validation_detail
 from ingest_producer.models import FieldError
+from ingest_shared.messages import describe, plain, split_location
 from ingest_shared.schema import EVENT_DECODER, TelemetryEvent
 
 if TYPE_CHECKING:
@@ -37,8 +39,6 @@ _GZIP = (b"gzip", b"x-gzip")
 _IDENTITY = (b"", b"identity")
 # Idempotency-Key: 1-256 printable ASCII characters (it is hashed, never stored as is).
 _PRINTABLE_KEY = re.compile(rb"\A[\x20-\x7e]{1,256}\Z")
-# msgspec appends the location of the failing value: "Expected `float`, got `str` - at `$.value`"
-_AT_PATH = re.compile(r"\A(?P<message>.*?) - at `\$\.?(?P<path>[^`]*)`\Z", re.DOTALL)
 # A batch with thousands of bad events gets this many errors listed, and the count of the rest.
 MAX_LISTED_ERRORS = 100
 
@@ -172,7 +172,8 @@ def decode_array(body: bytes, max_batch: int) -> list[TelemetryEvent]:
         # Error path only: decode untyped and check each event on its own.
         items = _decode_untyped(body)
         if not isinstance(items, list):  # e.g. whitespace then an object is not an array
-            raise batch_invalid([FieldError(None, _split(str(exc))[1])], 1, 1) from None
+            message = plain(split_location(str(exc))[1])
+            raise batch_invalid([FieldError(None, message)], 1, 1) from None
         check_batch_size(len(items), max_batch)
         errors, invalid = _item_errors(items, exc)
         raise batch_invalid(errors, invalid, len(items)) from None
@@ -220,6 +221,7 @@ def batch_invalid(errors: list[FieldError], invalid: int, total: int) -> Validat
     detail = f"validation failed for {invalid} of {total} events, nothing was enqueued: {first}"
     if len(listed) > 3:
         detail += "; ..."
+    metrics.EVENTS_REJECTED.labels("invalid").inc(total)  # a batch is refused whole
     return ValidationException(detail=detail, status_code=422, extra=listed)
 
 
@@ -244,8 +246,8 @@ def _item_errors(
             if len(errors) < MAX_LISTED_ERRORS:
                 errors += _indexed(_fields_of(item, TelemetryEvent, exc), index)
     if not invalid:  # convert and the JSON decoder disagreed: report the decoder's words
-        field, message = _split(str(error))
-        return [FieldError(field, message)], 1
+        field, message = split_location(str(error))
+        return [FieldError(field, plain(message))], 1
     return errors, invalid
 
 
@@ -277,16 +279,16 @@ def _fields_of(raw: object, struct: type[T], error: msgspec.ValidationError) -> 
             try:
                 msgspec.convert(raw[name], info.type)
             except msgspec.ValidationError as exc:
-                errors.append(FieldError(name, _split(str(exc))[1]))
+                errors.append(FieldError(name, describe(info.type, split_location(str(exc))[1])))
     if not errors:
-        field, message = _split(str(error))
-        errors.append(FieldError(field, message))
+        field, message = split_location(str(error))
+        errors.append(FieldError(field, _in_words(struct, field, message)))
     return errors
 
 
-def _split(message: str) -> tuple[str | None, str]:
-    """(field path or None, message without msgspec's location suffix)."""
-    match = _AT_PATH.match(message)
-    if match is None:
-        return None, message
-    return match["path"] or None, match["message"]
+def _in_words(struct: type[T], field: str | None, message: str) -> str:
+    """msgspec's ``message`` about ``field`` of ``struct`` (None: the whole body), in words."""
+    if field is None:
+        return describe(struct, message)
+    types = {info.encode_name: info.type for info in msgspec.structs.fields(struct)}
+    return describe(types[field], message) if field in types else plain(message)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -34,14 +34,29 @@ class ProcessRequest(Base):
     count: BatchCount = 10
 
 
+class ConsumerInfo(Base):
+    """One consumer of the group: entries it holds unacknowledged, and ms since it last read."""
+
+    name: str
+    pending: int
+    idleMs: int
+
+
 class QueueSummary(Base):
     """Entries in the stream now, delivered but unacknowledged ones, dead-lettered ones, and
-    entries ever appended (``added``: the stream is trimmed, so ``total`` stops growing)."""
+    entries ever appended (``added``: the stream is trimmed, so ``total`` stops growing).
+
+    ``lag``: entries not yet delivered to the group (null when Redis cannot tell, e.g. after
+    deletions); ``oldestPendingAgeMs``: age of the oldest delivered but unacknowledged entry
+    (by its id's time; null when nothing is pending)."""
 
     total: int
     pending: int
     dead_lettered: int
     added: int = 0
+    lag: int | None = None
+    oldestPendingAgeMs: int | None = None
+    consumers: list[ConsumerInfo] = msgspec.field(default_factory=list)
 
 
 class Point(Base):
@@ -52,11 +67,14 @@ class Point(Base):
 
 
 class MetricSummary(Base):
-    """Latest raw sample and latest closed rollup bucket of one metric; null until there is one."""
+    """Latest raw sample and latest closed rollup bucket of one metric; null until there is one.
+
+    ``rollup`` is the first configured rollup; ``rollups`` has every one by name (avg_60000)."""
 
     metric: str
     raw: Point | None
     rollup: Point | None
+    rollups: dict[str, Point | None] = msgspec.field(default_factory=dict)
 
 
 class Summary(Base):
@@ -102,3 +120,152 @@ class ErrorBody(Base):
     status_code: int
     detail: str
     errors: list[FieldError] = msgspec.field(default_factory=list)
+
+
+# --- the read side ------------------------------------------------------------------------
+
+
+class AccessInfo(Base):
+    """Whether keys are required, and what the presented key may do."""
+
+    authEnabled: bool
+    access: Literal["write", "read", "none"]
+
+
+class MetricInfo(Base):
+    """One metric: its sources (the list only when there are at most 50), its latest raw
+    sample (per-metric series) and the latest closed bucket of each configured rollup."""
+
+    metric: str
+    sourceCount: int
+    sources: list[str] | None
+    latest: Point | None
+    rollups: dict[str, Point | None]
+
+
+class MetricList(Base):
+    """Every metric, sorted by name."""
+
+    metrics: list[MetricInfo]
+
+
+class RangePoint(Base, omit_defaults=True):
+    """A raw sample or a bucket (``timestampMs`` = bucket start). Fleet raw points name their
+    ``source``."""
+
+    timestampMs: int
+    value: float
+    source: str | None = None
+
+
+class RangeResult(Base, rename={"from_": "from"}):
+    """Points of one metric, for one source or the fleet, raw or aggregated.
+
+    ``origin``: ``rollup`` (a configured rollup series) or ``raw`` (aggregated by Redis from
+    the raw series). ``lastBucketOpen``: the last bucket still holds the newest sample of its
+    series, so it may change (it was computed from raw samples)."""
+
+    metric: str
+    source: str | None
+    agg: str | None
+    bucketMs: int | None
+    from_: int
+    to: int
+    origin: Literal["rollup", "raw"]
+    lastBucketOpen: bool
+    points: list[RangePoint]
+
+
+class Chart(Base):
+    """One metric's chart: fine-grained points and the first rollup over the window."""
+
+    metric: str
+    raw: list[Point]
+    rawBucketMs: int | None
+    rollup: list[Point]
+    lastBucketOpen: bool
+
+
+class Charts(Base, rename={"from_": "from"}):
+    """Every metric's chart over ``window`` (fleet, or one ``source``)."""
+
+    window: str
+    from_: int
+    to: int
+    source: str | None
+    rollup: str
+    charts: list[Chart]
+
+
+class SourceMetric(Base):
+    """The latest sample of one (source, metric) and whether it is older than the limit."""
+
+    metric: str
+    timestampMs: int
+    value: float
+    stale: bool
+
+
+class SourceInfo(Base):
+    """One device: stale when any of its metrics is silent for longer than the limit."""
+
+    source: str
+    stale: bool
+    metrics: list[SourceMetric]
+
+
+class SourceList(Base):
+    """Devices sorted by name; ``now`` is the clock the staleness was judged by."""
+
+    staleAfterMs: int
+    now: int
+    sources: list[SourceInfo]
+
+
+class DeadLetter(Base):
+    """One dead-lettered entry; ``payload`` is the original fields (an object) when it is
+    JSON, else the stored text. Fields missing from the entry are null."""
+
+    id: str
+    messageId: str | None
+    reason: str | None
+    payload: dict[str, Any] | str | None
+    consumer: str | None
+    failedAt: str | None
+
+
+class DeadLetterPage(Base):
+    """Dead letters, newest first; pass ``next`` as ``before`` for the next page."""
+
+    deadLetters: list[DeadLetter]
+    next: str | None
+
+
+class ReplayRequest(Base):
+    """Either ``ids`` (dead-letter ids, at most 10000) or ``all: true`` with ``max`` (the
+    oldest ``max`` dead letters)."""
+
+    ids: Annotated[list[str], msgspec.Meta(max_length=10_000)] | None = None
+    all: bool = False
+    max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1_000
+
+
+class StillInvalid(Base):
+    """A dead letter that still fails validation, with the reason it fails now."""
+
+    id: str
+    reason: str
+
+
+class ReplayResult(Base):
+    """``replayed`` entries went back to the stream (and left the dead-letter stream)."""
+
+    replayed: int
+    still_invalid: list[StillInvalid]
+    missing: list[str]
+
+
+class Deleted(Base):
+    """How many dead letters were deleted."""
+
+    deleted: int

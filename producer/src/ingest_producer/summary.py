@@ -14,11 +14,19 @@ from redis.exceptions import ResponseError
 
 from ingest_producer.auth import ACCESS_OPT, Access
 from ingest_producer.errors import error_responses
-from ingest_producer.models import MetricSummary, Point, QueueSummary, RecentEntry, Summary
+from ingest_producer.models import (
+    ConsumerInfo,
+    MetricSummary,
+    Point,
+    QueueSummary,
+    RecentEntry,
+    Summary,
+)
 from ingest_producer.openapi import ParameterOperation
 from ingest_shared import keys as k
 from ingest_shared.keys import Keys
 from ingest_shared.redis_client import call
+from ingest_shared.schema import now_ms
 
 # Replies that mean "nothing there yet" rather than a failure.
 _NO_GROUP = "NOGROUP"
@@ -34,7 +42,15 @@ def query_routes(redis: Redis, keys: Keys, group: str) -> list[HTTPRouteHandler]
         responses=error_responses(401, 403, 500, 503),
         opt={ACCESS_OPT: Access.READ},
         tags=["queries"],
-        summary="Queue health and the latest raw and rollup value of every metric",
+        summary="Queue health and the latest raw and rollup values of every metric",
+        description=(
+            "`queue.lag`: entries not yet delivered to the group (null when Redis cannot tell); "
+            "`queue.oldestPendingAgeMs`: age of the oldest unacknowledged entry (null when none); "
+            "`queue.consumers`: each consumer's pending count and idle time. Per metric, "
+            "`rollup` is the first configured rollup's latest closed bucket and `rollups` has "
+            "every configured rollup by name. Two Redis round trips whatever the number of "
+            "metrics."
+        ),
     )
     async def summary() -> Summary:
         return await read_summary(redis, keys, group)
@@ -63,30 +79,38 @@ async def read_summary(redis: Redis, keys: Keys, group: str) -> Summary:
     pipe.xlen(keys.dead_letter)
     pipe.smembers(keys.metrics)
     pipe.execute_command("XINFO", "STREAM", keys.stream)
-    total, pending, dead_lettered, members, info = await pipe.execute(raise_on_error=False)
+    pipe.xinfo_groups(keys.stream)
+    pipe.xinfo_consumers(keys.stream, group)
+    replies = await pipe.execute(raise_on_error=False)
+    total, pending, dead_lettered, members, info, groups, consumers = replies
     queue = QueueSummary(
         total=_count(total),
         pending=_pending_count(pending),
         dead_lettered=_count(dead_lettered),
         added=_entries_added(info),
+        lag=_lag(groups, group),
+        oldestPendingAgeMs=_oldest_pending_age(pending, now_ms()),
+        consumers=_consumers(consumers),
     )
     if isinstance(members, Exception):
         raise members
     metrics = sorted(m.decode(errors="replace") for m in members)
     if not metrics:
         return Summary(queue, [])
+    rollups = keys.rollups
     pipe = redis.pipeline(transaction=False)
     for metric in metrics:
         pipe.execute_command("TS.GET", keys.raw(metric))
-        pipe.execute_command("TS.GET", keys.rollup(metric))
+        for rollup in rollups:
+            pipe.execute_command("TS.GET", keys.rollup_of(metric, rollup))
     latest = await pipe.execute(raise_on_error=False)
-    return Summary(
-        queue,
-        [
-            MetricSummary(metric, _point(latest[2 * i]), _point(latest[2 * i + 1]))
-            for i, metric in enumerate(metrics)
-        ],
-    )
+    per_metric = 1 + len(rollups)
+    summaries = []
+    for i, metric in enumerate(metrics):
+        raw, *rolled = (_point(r) for r in latest[i * per_metric : (i + 1) * per_metric])
+        by_name = {rollup.name: point for rollup, point in zip(rollups, rolled, strict=True)}
+        summaries.append(MetricSummary(metric, raw, rolled[0], by_name))
+    return Summary(queue, summaries)
 
 
 async def read_recent(redis: Redis, keys: Keys, count: int) -> list[RecentEntry]:
@@ -133,6 +157,55 @@ def _entries_added(reply: object) -> int:
         msg = f"unexpected XINFO STREAM reply {reply!r}"
         raise TypeError(msg)
     return int(reply.get("entries-added") or reply.get(b"entries-added") or 0)
+
+
+def _missing_group(reply: object) -> bool:
+    """True for the reply to a stream or group that does not exist (yet)."""
+    text = str(reply)
+    return isinstance(reply, ResponseError) and (text.startswith(_NO_GROUP) or _NO_KEY in text)
+
+
+def _lag(reply: object, group: str) -> int | None:
+    """XINFO GROUPS' ``lag`` of ``group``: None when Redis does not know it (or no group)."""
+    if _missing_group(reply):
+        return None
+    if isinstance(reply, Exception):
+        raise reply
+    if not isinstance(reply, list):
+        msg = f"unexpected XINFO GROUPS reply {reply!r}"
+        raise TypeError(msg)
+    for info in reply:
+        if _text(info.get("name")) == group:
+            lag = info.get("lag")
+            return None if lag is None else int(lag)
+    return None
+
+
+def _oldest_pending_age(reply: object, now: int) -> int | None:
+    """Age of the oldest pending entry by its id's time (XPENDING's smallest id)."""
+    if _missing_group(reply) or not isinstance(reply, dict) or not reply.get("min"):
+        return None
+    millis = _text(reply["min"]).partition("-")[0]
+    return max(0, now - int(millis)) if millis.isdigit() else None
+
+
+def _consumers(reply: object) -> list[ConsumerInfo]:
+    """XINFO CONSUMERS: name, pending entries, idle ms; none for a missing stream or group."""
+    if _missing_group(reply):
+        return []
+    if isinstance(reply, Exception):
+        raise reply
+    if not isinstance(reply, list):
+        msg = f"unexpected XINFO CONSUMERS reply {reply!r}"
+        raise TypeError(msg)
+    return [
+        ConsumerInfo(_text(c.get("name")), int(c.get("pending") or 0), int(c.get("idle") or 0))
+        for c in reply
+    ]
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _pending_count(reply: object) -> int:

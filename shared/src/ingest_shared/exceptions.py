@@ -4,6 +4,8 @@
     ├── ConfigurationError    bad settings, or a Redis without what we need: fatal, explain
     ├── InvalidEventError     permanent: this event can never be stored (dead-letter / 4xx)
     └── TransientStoreError   Redis may manage later: back off, retry, ack nothing
+        └── OutcomeUnknownError   ...and the command may have run before the failure (a timeout
+                                  after sending): an append may have happened
 
 Redis' own ConnectionError/TimeoutError are treated as transient where they are caught.
 """
@@ -28,3 +30,7 @@ class InvalidEventError(IngestError):
 
 class TransientStoreError(IngestError):
     """A write did not happen for a reason that may go away; retry without acknowledging."""
+
+
+class OutcomeUnknownError(TransientStoreError):
+    """The connection failed after the command was sent: it may or may not have run."""

@@ -1,4 +1,5 @@
-"""The server-side functions: batch appends (``ingest_append``) and safe trimming.
+"""The server-side functions: batch appends (``ingest_append``), safe trimming
+(``ingest_trim``) and dead-letter replay (``ingest_replay``).
 
 redis-py spends tens of microseconds of Python per pipelined command; one FCALL carrying every
 event's fields costs a fraction of that per event. One call carries several requests
@@ -172,3 +173,34 @@ async def trim_stream(redis: Redis, keys: Keys, keep: int) -> int:
     the number of entries removed."""
     removed, _ = await fcall(redis, "FCALL", "ingest_trim", 1, keys.stream, keep)
     return int(removed)
+
+
+class Replayed(Base):
+    """What one replay call did: ``moved`` maps dead-letter ids to their new stream ids;
+    ``missing`` dead-letter ids were no longer there (deleted, or replayed by another call)."""
+
+    moved: dict[str, str]
+    missing: list[str]
+
+
+async def replay_dead_letters(
+    redis: Redis, keys: Keys, letters: Sequence[tuple[str, dict[str, str]]]
+) -> Replayed:
+    """Append each (dead-letter id, stream fields) to the stream and delete that dead letter,
+    atomically per entry, in one call: a retry or a concurrent call with the same ids moves
+    each entry once. The caller validates the fields first.
+
+    On Redis Cluster the stream and the dead-letter stream must share a hash slot.
+    """
+    if not letters:
+        return Replayed({}, [])
+    args: list[EncodableT] = []
+    for letter_id, fields in letters:
+        args += (letter_id, len(fields))
+        for name, value in fields.items():
+            args += (name, value)
+    moved, missing = await fcall(
+        redis, "FCALL", "ingest_replay", 2, keys.stream, keys.dead_letter, *args
+    )
+    pairs = [item.decode() for item in moved]
+    return Replayed(dict(zip(pairs[::2], pairs[1::2], strict=True)), [m.decode() for m in missing])

@@ -1,7 +1,7 @@
 """The only place Redis key names and stream field names are built.
 
 Series keys put ``{metric}`` or ``{metric|source}`` in a hash tag so a raw series and its
-rollup always share a slot on Redis Cluster (TS.CREATERULE needs both on one node).
+rollups always share a slot on Redis Cluster (TS.CREATERULE needs both on one node).
 """
 
 from __future__ import annotations
@@ -29,6 +29,29 @@ KIND_RAW = "raw"
 KIND_ROLLUP = "rollup"
 KIND_SOURCE_RAW = "source-raw"
 KIND_SOURCE_ROLLUP = "source-rollup"
+# Rollup series also carry their aggregation and bucket, so a FILTER can pick one rollup.
+LABEL_AGG = "agg"
+LABEL_BUCKET_MS = "bucketMs"
+
+# The aggregations a rollup (INGEST_ROLLUPS) or a range query may use.
+AGGREGATIONS = ("avg", "min", "max", "sum", "count", "first", "last", "range", "std.p")
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    """One configured rollup: ``agg`` over buckets of ``bucket_ms``, named ``avg_60000``."""
+
+    agg: str
+    bucket_ms: int
+
+    @property
+    def name(self) -> str:
+        """``<agg>_<bucket_ms>``: the API's name and the last part of the series key."""
+        return f"{self.agg}_{self.bucket_ms}"
+
+
+# The tutorial's one rollup (INGEST_ROLLUPS unset: avg over INGEST_ROLLUP_BUCKET_MS).
+DEFAULT_ROLLUPS = (Rollup("avg", 60_000),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,22 +62,32 @@ class Keys:
     dead_letter: str
     metrics: str
     series_prefix: str = "telemetry:ts"
+    # Every raw series gets one rollup series per entry; the first is "the" rollup.
+    rollups: tuple[Rollup, ...] = DEFAULT_ROLLUPS
 
     def raw(self, metric: str) -> str:
         """The per-metric raw series (the tutorial's series: all sources together)."""
         return f"{self.series_prefix}:{{{metric}}}:raw"
 
     def rollup(self, metric: str) -> str:
-        """The per-metric rollup series, fed by a TS.CREATERULE on :meth:`raw`."""
-        return f"{self.series_prefix}:{{{metric}}}:rollup"
+        """The per-metric series of the first rollup, fed by a TS.CREATERULE on :meth:`raw`."""
+        return self.rollup_of(metric, self.rollups[0])
+
+    def rollup_of(self, metric: str, rollup: Rollup) -> str:
+        """The per-metric series of ``rollup`` (same hash tag as :meth:`raw`)."""
+        return f"{self.series_prefix}:{{{metric}}}:{rollup.name}"
 
     def source_raw(self, metric: str, source: str) -> str:
         """The per-(metric, source) raw series: no two devices overwrite each other."""
         return f"{self.series_prefix}:{{{metric}|{source}}}:raw"
 
     def source_rollup(self, metric: str, source: str) -> str:
-        """The rollup of :meth:`source_raw`."""
-        return f"{self.series_prefix}:{{{metric}|{source}}}:rollup"
+        """The first rollup of :meth:`source_raw`."""
+        return self.source_rollup_of(metric, source, self.rollups[0])
+
+    def source_rollup_of(self, metric: str, source: str, rollup: Rollup) -> str:
+        """The series of ``rollup`` of :meth:`source_raw` (same hash tag)."""
+        return f"{self.series_prefix}:{{{metric}|{source}}}:{rollup.name}"
 
     # Keys the append function touches share the stream's slot (one FCALL, no CROSSSLOT).
     def idempotency(self, digest: str) -> str:

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError, ResponseError
 from ingest_shared.exceptions import InvalidEventError, TransientStoreError
 from ingest_shared.redis_client import call_packed, pack
 from ingest_shared.schema import Base, Sample, TimeWindow, now_ms, sample_from_entry
-from ingest_shared.streams import dead_letter_fields, is_transient
+from ingest_shared.streams import append_dead_letters, dead_letter_fields, is_transient
 from ingest_shared.timeseries import (
     SeriesLayout,
     ensure_series,
@@ -52,14 +52,19 @@ class BatchResult(Base):
 def create_processor(redis: Redis, settings: Settings) -> BatchProcessor:
     """The batch processor ``settings`` describe, writing through ``redis``."""
     layout = SeriesLayout(
-        retention_ms=settings.retention_ms,
-        rollup_retention_ms=settings.rollup_retention_ms,
-        bucket_ms=settings.rollup_bucket_ms,
+        retention_ms=settings.retention_ms, rollup_retention_ms=settings.rollup_retention_ms
     )
     window = TimeWindow(
         max_clock_skew_ms=settings.max_clock_skew_ms, retention_ms=settings.retention_ms
     )
-    return BatchProcessor(redis, settings.keys, settings.consumer_group, layout, window)
+    return BatchProcessor(
+        redis,
+        settings.keys,
+        settings.consumer_group,
+        layout,
+        window,
+        dead_letter_maxlen=settings.dead_letter_maxlen,
+    )
 
 
 class BatchProcessor:
@@ -72,8 +77,11 @@ class BatchProcessor:
         group: str,
         layout: SeriesLayout,
         window: TimeWindow,
+        *,
+        dead_letter_maxlen: int = 100_000,
     ) -> None:
         self._redis = redis
+        self._dead_letter_maxlen = dead_letter_maxlen
         self._keys = keys
         self._group = group.encode()
         self._stream = keys.stream.encode()
@@ -210,13 +218,14 @@ class BatchProcessor:
 
     async def _dead_letter(self, failures: list[Failure], consumer: str, now: int) -> None:
         """Append one dead-letter entry per failure; raise unless every append succeeded."""
-        pipe = self._redis.pipeline(transaction=False)
-        for entry_id, reason, fields in failures:
-            pipe.xadd(
-                self._keys.dead_letter, dead_letter_fields(entry_id, reason, fields, consumer, now)
-            )
+        letters = [
+            dead_letter_fields(entry_id, reason, fields, consumer, now)
+            for entry_id, reason, fields in failures
+        ]
         # Raises on the first error: then nothing is acked and the batch is retried.
-        await pipe.execute(raise_on_error=True)
+        await append_dead_letters(
+            self._redis, self._keys.dead_letter, letters, self._dead_letter_maxlen
+        )
 
     async def _ack(self, ids: list[bytes]) -> int:
         command = pack(b"XACK", self._stream, self._group, *ids)

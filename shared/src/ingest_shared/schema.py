@@ -15,6 +15,7 @@ import msgspec
 
 from ingest_shared import keys
 from ingest_shared.exceptions import InvalidEventError
+from ingest_shared.messages import describe, split_location
 
 _MAX_FLOAT = 1.7976931348623157e308
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -255,7 +256,19 @@ def _slow_sample(
         # strict=False: stream values are strings ("12.5"); NaN and inf still fail the bounds.
         event = msgspec.convert(raw, TelemetryEvent, strict=False)
     except msgspec.ValidationError as exc:
-        raise InvalidEventError(str(exc)) from None
+        raise _invalid(exc) from None
     # An entry without occurredAt happened when it was enqueued, not when it is processed.
     ts = window.timestamp_ms(event, now, fallback_ms=int(entry_id.split(b"-", 1)[0]))
     return Sample(event.metric, event.source, ts, event.value)
+
+
+def _invalid(error: msgspec.ValidationError) -> InvalidEventError:
+    """msgspec's verdict on a stream entry, in the words the producer's 422s use."""
+    field, message = split_location(str(error))
+    annotation = _EVENT_FIELD_TYPES.get(field or "")
+    if field is None or annotation is None:
+        return InvalidEventError(message, field)
+    return InvalidEventError(f"{field}: {describe(annotation, message)}", field)
+
+
+_EVENT_FIELD_TYPES = {f.encode_name: f.type for f in msgspec.structs.fields(TelemetryEvent)}

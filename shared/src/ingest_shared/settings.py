@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ingest_shared.exceptions import ConfigurationError
-from ingest_shared.keys import Keys
+from ingest_shared.keys import AGGREGATIONS, Keys, Rollup
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -50,6 +50,7 @@ class Settings:
     http_workers: int = 1
     worker_http_host: str = "127.0.0.1"
     worker_http_port: int = 9100
+    metrics_enabled: bool = True
     log_level: str = "info"
     log_format: str = "auto"
     # The production edge: batches, auth, rate limits, backpressure, durability, trimming.
@@ -66,6 +67,16 @@ class Settings:
     idempotency_ttl_s: int = 86_400
     stream_keep: int = 10_000
     trim_interval_ms: int = 10_000
+    # The read side: rollups (empty: INGEST_ROLLUPS unset, see rollup_rules), query limits.
+    rollups: tuple[Rollup, ...] = ()
+    max_points: int = 5_000
+    stale_after_ms: int = 300_000
+    dead_letter_maxlen: int = 100_000
+
+    @property
+    def rollup_rules(self) -> tuple[Rollup, ...]:
+        """The rollups in force: INGEST_ROLLUPS, else the tutorial's avg:INGEST_ROLLUP_BUCKET_MS."""
+        return self.rollups or (Rollup("avg", self.rollup_bucket_ms),)
 
     @property
     def keys(self) -> Keys:
@@ -75,6 +86,7 @@ class Settings:
             dead_letter=self.dead_letter_key,
             metrics=self.metrics_key,
             series_prefix=self.series_prefix,
+            rollups=self.rollup_rules,
         )
 
 
@@ -113,6 +125,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         http_workers=_int(env, "INGEST_HTTP_WORKERS", d.http_workers, 1, 64),
         worker_http_host=_text(env, "INGEST_WORKER_HTTP_HOST", d.worker_http_host, _KEY),
         worker_http_port=_int(env, "INGEST_WORKER_HTTP_PORT", d.worker_http_port, 0, 65_535),
+        metrics_enabled=_choice(env, "INGEST_METRICS", "on", ("on", "off")) == "on",
         log_level=_choice(env, "INGEST_LOG_LEVEL", d.log_level, _LOG_LEVELS),
         log_format=_choice(env, "INGEST_LOG_FORMAT", d.log_format, _LOG_FORMATS),
         max_body_bytes=_int(env, "INGEST_MAX_BODY_BYTES", d.max_body_bytes, 1_024),
@@ -128,6 +141,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         idempotency_ttl_s=_int(env, "INGEST_IDEMPOTENCY_TTL_S", d.idempotency_ttl_s, 1),
         stream_keep=_int(env, "INGEST_STREAM_KEEP", d.stream_keep, 0),
         trim_interval_ms=_int(env, "INGEST_TRIM_INTERVAL_MS", d.trim_interval_ms, 100),
+        rollups=_rollups(env, "INGEST_ROLLUPS"),
+        max_points=_int(env, "INGEST_MAX_POINTS", d.max_points, 1, 1_000_000),
+        stale_after_ms=_int(env, "INGEST_STALE_AFTER_MS", d.stale_after_ms, 1),
+        dead_letter_maxlen=_int(env, "INGEST_DEAD_LETTER_MAXLEN", d.dead_letter_maxlen, 1),
     )
 
 
@@ -211,6 +228,36 @@ def _rate(env: Mapping[str, str], name: str) -> tuple[int, int]:
         msg = f"{name}={raw!r} has an empty window"
         raise ConfigurationError(msg)
     return int(match[1]), window
+
+
+_MAX_ROLLUPS = 16
+
+
+def _rollups(env: Mapping[str, str], name: str) -> tuple[Rollup, ...]:
+    """``avg:60000,max:3600000``: 1 to 16 distinct (aggregation, bucket ms); unset -> ()."""
+    raw = _raw(env, name)
+    if raw is None:
+        return ()
+    rollups: list[Rollup] = []
+    for item in raw.split(","):
+        agg, _, bucket = (part.strip() for part in item.strip().lower().partition(":"))
+        bucket = bucket.replace("_", "")
+        digits = bucket.isascii() and bucket.isdigit()
+        if agg not in AGGREGATIONS or not digits or int(bucket) < 1:
+            msg = (
+                f"{name}: {item.strip()!r} must be <aggregation>:<bucket ms>, the aggregation "
+                f"one of {', '.join(AGGREGATIONS)} and the bucket >= 1"
+            )
+            raise ConfigurationError(msg)
+        rollup = Rollup(agg, int(bucket))
+        if rollup in rollups:
+            msg = f"{name}: {rollup.agg}:{rollup.bucket_ms} is listed twice"
+            raise ConfigurationError(msg)
+        rollups.append(rollup)
+    if len(rollups) > _MAX_ROLLUPS:
+        msg = f"{name}: at most {_MAX_ROLLUPS} rollups (got {len(rollups)})"
+        raise ConfigurationError(msg)
+    return tuple(rollups)
 
 
 def _durability(env: Mapping[str, str], name: str) -> tuple[str, int]:

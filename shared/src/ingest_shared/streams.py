@@ -8,6 +8,7 @@ from redis.exceptions import (
     AskError,
     BusyLoadingError,
     ClusterDownError,
+    MovedError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
@@ -21,6 +22,8 @@ from ingest_shared.redis_client import call
 from ingest_shared.schema import JSON_ENCODER, format_ms
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from redis.asyncio import Redis
     from redis.typing import EncodableT
 
@@ -38,6 +41,9 @@ TRANSIENT_ERRORS = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, O
 
 def is_transient(error: BaseException) -> bool:
     """True when ``error`` may go away by itself (network, failover, loading, memory)."""
+    if isinstance(error, MovedError):
+        # A routing answer from a cluster node, not an outage (MovedError subclasses AskError).
+        return False
     if isinstance(error, TRANSIENT_ERRORS + _TRANSIENT_REPLIES):
         return True
     return isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT_PREFIXES)
@@ -76,3 +82,18 @@ def dead_letter_fields(
         k.DL_CONSUMER: consumer,
         k.DL_FAILED_AT: format_ms(now),
     }
+
+
+async def append_dead_letters(
+    redis: Redis, key: str, letters: Sequence[dict[EncodableT, EncodableT]], maxlen: int
+) -> None:
+    """XADD each of ``letters`` (see :func:`dead_letter_fields`) in one round trip.
+
+    Each append trims the stream to about ``maxlen`` entries (``MAXLEN ~``): dropping the
+    oldest dead letters is the one loss the pipeline accepts, so a flood of bad events cannot
+    fill Redis. Raises on the first failed append (the caller then acknowledges nothing).
+    """
+    pipe = redis.pipeline(transaction=False)
+    for fields in letters:
+        pipe.xadd(key, fields, maxlen=maxlen, approximate=True)
+    await pipe.execute(raise_on_error=True)

@@ -1,7 +1,8 @@
 """RedisTimeSeries layout: which series exist for a (metric, source), and how samples are written.
 
 Every reading goes to two raw series in the same command: the tutorial's per-metric series and a
-per-(metric, source) series. Each raw series has an ``avg`` rollup fed by TS.CREATERULE.
+per-(metric, source) series. Each raw series has one rollup series per configured rollup
+(``Keys.rollups``, INGEST_ROLLUPS), each fed by a TS.CREATERULE.
 """
 
 from __future__ import annotations
@@ -38,11 +39,10 @@ KnownSeries: TypeAlias = dict[str, dict[str, PackedPair]]
 
 
 class SeriesLayout(Base):
-    """Retention and rollup settings applied when a series is first created."""
+    """Retention settings applied when a series is first created (the rollups: ``Keys``)."""
 
     retention_ms: int
     rollup_retention_ms: int
-    bucket_ms: int
 
 
 def _create_args(key: str, retention_ms: int, labels: Sequence[str]) -> list[str | int]:
@@ -61,34 +61,34 @@ def _create_args(key: str, retention_ms: int, labels: Sequence[str]) -> list[str
 def setup_commands(
     keys: Keys, layout: SeriesLayout, metric: str, source: str | None
 ) -> list[list[str | int]]:
-    """TS.CREATE raw, TS.CREATE rollup, TS.CREATERULE: for a metric (source None) or a pair."""
+    """TS.CREATE raw, then TS.CREATE + TS.CREATERULE per rollup: for a metric (source None)
+    or a pair. Rollups no longer configured are left alone; missing ones are added."""
     if source is None:
-        raw, rollup = keys.raw(metric), keys.rollup(metric)
-        raw_labels = [k.LABEL_METRIC, metric, k.LABEL_KIND, k.KIND_RAW]
-        rollup_labels = [k.LABEL_METRIC, metric, k.LABEL_KIND, k.KIND_ROLLUP]
+        raw = keys.raw(metric)
+        name_labels = [k.LABEL_METRIC, metric]
+        raw_kind, rollup_kind = k.KIND_RAW, k.KIND_ROLLUP
     else:
-        raw, rollup = keys.source_raw(metric, source), keys.source_rollup(metric, source)
-        raw_labels = [
-            k.LABEL_METRIC,
-            metric,
-            k.LABEL_SOURCE,
-            source,
+        raw = keys.source_raw(metric, source)
+        name_labels = [k.LABEL_METRIC, metric, k.LABEL_SOURCE, source]
+        raw_kind, rollup_kind = k.KIND_SOURCE_RAW, k.KIND_SOURCE_ROLLUP
+    commands = [_create_args(raw, layout.retention_ms, [*name_labels, k.LABEL_KIND, raw_kind])]
+    for rollup in keys.rollups:
+        if source is None:
+            key = keys.rollup_of(metric, rollup)
+        else:
+            key = keys.source_rollup_of(metric, source, rollup)
+        labels = [
+            *name_labels,
             k.LABEL_KIND,
-            k.KIND_SOURCE_RAW,
+            rollup_kind,
+            k.LABEL_AGG,
+            rollup.agg,
+            k.LABEL_BUCKET_MS,
+            str(rollup.bucket_ms),
         ]
-        rollup_labels = [
-            k.LABEL_METRIC,
-            metric,
-            k.LABEL_SOURCE,
-            source,
-            k.LABEL_KIND,
-            k.KIND_SOURCE_ROLLUP,
-        ]
-    return [
-        _create_args(raw, layout.retention_ms, raw_labels),
-        _create_args(rollup, layout.rollup_retention_ms, rollup_labels),
-        ["TS.CREATERULE", raw, rollup, "AGGREGATION", "avg", layout.bucket_ms],
-    ]
+        commands.append(_create_args(key, layout.rollup_retention_ms, labels))
+        commands.append(["TS.CREATERULE", raw, key, "AGGREGATION", rollup.agg, rollup.bucket_ms])
+    return commands
 
 
 async def ensure_series(

@@ -137,5 +137,44 @@ local function ingest_trim(keys, args)
   return {redis.call('XTRIM', stream, 'MINID', min_id), min_id}
 end
 
+-- ingest_replay: move dead letters back to the main stream, each one atomically: if the
+-- dead-letter entry still exists, XADD the given fields to the stream and XDEL the entry. A
+-- second call with the same ids (or a retry after a dropped connection) finds them gone and
+-- reports them missing: nothing is lost or appended twice.
+-- KEYS: stream, dead-letter stream (on a cluster both must share a hash slot)
+-- ARGV: per entry: dead-letter id, number of field/value pairs P, then P names and values
+-- Returns {{dead-letter id, new stream id, ...}, {missing dead-letter id, ...}}
+local function ingest_replay(keys, args)
+  local stream, dead_letter = keys[1], keys[2]
+  -- Check the whole argument list before writing anything.
+  local entries = {}
+  local i = 1
+  while i <= #args do
+    local pairs_count = tonumber(args[i + 1])
+    if not string.match(args[i], '^%d+%-%d+$') or not pairs_count or pairs_count < 1
+        or i + 1 + 2 * pairs_count > #args then
+      return redis.error_reply('ERR ingest_replay: malformed arguments at ' .. i)
+    end
+    entries[#entries + 1] = {i, pairs_count}
+    i = i + 2 + 2 * pairs_count
+  end
+  local replayed, missing = {}, {}
+  for _, entry in ipairs(entries) do
+    local first, pairs_count = entry[1], entry[2]
+    local id = args[first]
+    if #redis.call('XRANGE', dead_letter, id, id) == 0 then
+      missing[#missing + 1] = id
+    else
+      local fields = {}
+      for f = 1, 2 * pairs_count do fields[f] = args[first + 1 + f] end
+      replayed[#replayed + 1] = id
+      replayed[#replayed + 1] = redis.call('XADD', stream, '*', unpack(fields))
+      redis.call('XDEL', dead_letter, id)
+    end
+  end
+  return {replayed, missing}
+end
+
 redis.register_function('ingest_append', ingest_append)
 redis.register_function('ingest_trim', ingest_trim)
+redis.register_function('ingest_replay', ingest_replay)

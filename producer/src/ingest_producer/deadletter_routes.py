@@ -1,0 +1,112 @@
+"""The dead-letter routes: list (read), replay, delete and purge (write). Thin: the work is
+in ``reading.deadletters``.
+
+No ``from __future__ import annotations`` here: Litestar reads handler annotations at runtime.
+"""
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, delete, get, post
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import Parameter
+
+from ingest_producer.auth import ACCESS_OPT, Access
+from ingest_producer.errors import error_responses
+from ingest_producer.jsonbody import decode_json, require_json
+from ingest_producer.models import DeadLetterPage, Deleted, ReplayRequest, ReplayResult
+from ingest_producer.openapi import ParameterOperation, json_body_operation
+from ingest_producer.reading import deadletters
+from ingest_producer.reading.context import ReadContext
+from ingest_producer.reading.params import STREAM_ID_PATTERN_DOC
+
+REPLAY_DECODER = msgspec.json.Decoder(ReplayRequest)
+_REPLAY_BODY = json_body_operation(
+    ReplayRequest,
+    '`{"ids": [dead-letter ids]}` or `{"all": true, "max": n}` (the oldest n, default '
+    "1000, at most 10000).",
+)
+_ID_DOC = {"pattern": STREAM_ID_PATTERN_DOC, "max_length": 41}
+
+
+def dead_letter_routes(ctx: ReadContext) -> list[HTTPRouteHandler]:
+    """The dead-letter routes, bound to their collaborators."""
+
+    @get(
+        "/api/ingest/dead-letters",
+        responses=error_responses(401, 403, 422, 500, 503),
+        opt={ACCESS_OPT: Access.READ},
+        operation_class=ParameterOperation,
+        tags=["dead letters"],
+        summary="Dead letters, newest first, with the reason each failed",
+        description=(
+            "`payload` is the original entry's fields (an object) when it is JSON. Page with "
+            "`before` = the previous page's `next`."
+        ),
+    )
+    async def list_dead_letters(
+        count: Annotated[int, Parameter(ge=1, le=1000, description="How many")] = 20,
+        before: Annotated[
+            str | None,
+            Parameter(description="Only dead letters older than this id (exclusive)", **_ID_DOC),
+        ] = None,
+    ) -> DeadLetterPage:
+        return await deadletters.list_dead_letters(ctx, count, before)
+
+    @post(
+        "/api/ingest/dead-letters/replay",
+        status_code=200,
+        operation_class=_REPLAY_BODY,
+        responses=error_responses(400, 401, 403, 415, 422, 500, 503),
+        opt={ACCESS_OPT: Access.WRITE},
+        tags=["dead letters"],
+        summary="Re-validate dead letters and move the valid ones back to the stream",
+        description=(
+            "Each payload is checked again with the event schema and the time window. A valid "
+            "one is appended to the stream and removed from the dead letters in one atomic "
+            "step (a retry or a concurrent call with the same ids moves it once); an invalid "
+            "one stays, listed in `still_invalid` with its current reason; ids not found are "
+            "listed in `missing`."
+        ),
+    )
+    async def replay(request: Request[Any, Any, Any]) -> ReplayResult:
+        require_json(request.scope)
+        job = decode_json(await request.body(), REPLAY_DECODER)
+        return await deadletters.replay(ctx, job)
+
+    @delete(
+        "/api/ingest/dead-letters/{letter_id:str}",
+        status_code=200,
+        responses=error_responses(401, 403, 404, 422, 500, 503),
+        opt={ACCESS_OPT: Access.WRITE},
+        operation_class=ParameterOperation,
+        tags=["dead letters"],
+        summary="Delete one dead letter (404 when it is not there)",
+    )
+    async def delete_dead_letter(
+        letter_id: Annotated[str, Parameter(description="Dead-letter id", **_ID_DOC)],
+    ) -> Deleted:
+        return await deadletters.delete(ctx, letter_id)
+
+    @delete(
+        "/api/ingest/dead-letters",
+        status_code=200,
+        responses=error_responses(401, 403, 422, 500, 503),
+        opt={ACCESS_OPT: Access.WRITE},
+        operation_class=ParameterOperation,
+        tags=["dead letters"],
+        summary="Delete every dead letter older than `olderThanMs`",
+    )
+    async def purge_dead_letters(
+        # Named as in the query string so that validation errors name it so.
+        olderThanMs: Annotated[  # noqa: N803
+            int,
+            Parameter(
+                ge=0,
+                description="Delete dead letters whose id time is more than this many ms ago",
+            ),
+        ],
+    ) -> Deleted:
+        return await deadletters.purge(ctx, olderThanMs)
+
+    return [list_dead_letters, replay, delete_dead_letter, purge_dead_letters]

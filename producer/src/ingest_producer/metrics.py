@@ -1,0 +1,80 @@
+"""Every Prometheus metric of the producer, named once; ``GET /metrics`` serves them.
+
+With several uvicorn processes (``INGEST_HTTP_WORKERS`` > 1) the CLI points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the processes start, so counters and
+histograms are summed over all of them. The queue gauges are sampled by each process's backlog
+monitor and exported once (the most recent sample), never per process and never per request.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter(
+    "ingest_producer_requests_total",
+    "HTTP requests by route template, method and status code",
+    ["route", "method", "status"],
+)
+REQUEST_DURATION = Histogram(
+    "ingest_producer_request_duration_seconds",
+    "Time from the request reaching the app to its response being sent, by route template",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+EVENTS_ACCEPTED = Counter(
+    "ingest_producer_events_accepted_total", "Events appended to the stream (2xx answers)"
+)
+EVENTS_REJECTED = Counter(
+    "ingest_producer_events_rejected_total",
+    "Events of decoded requests that were refused, by reason: invalid (422), rate_limited "
+    "(429), conflict (409), unavailable (503: Redis failed), not_durable (503: the durability "
+    "wait failed; they may be in the stream)",
+    ["reason"],
+)
+REDIS_ERRORS = Counter(
+    "ingest_producer_redis_errors_total",
+    "Redis failures seen by requests, by kind: unavailable, out_of_memory, permission, "
+    "moved, other",
+    ["kind"],
+)
+BACKPRESSURE = Counter(
+    "ingest_producer_backpressure_total",
+    "Write requests refused with 503 because the backlog exceeded INGEST_MAX_BACKLOG",
+)
+RATE_LIMITED = Counter(
+    "ingest_producer_rate_limited_total", "Write requests refused with 429 (INGEST_RATE_LIMIT)"
+)
+DURABILITY_FAILURES = Counter(
+    "ingest_producer_durability_failures_total",
+    "Appends whose WAITAOF/WAIT did not confirm in time (answered 503)",
+)
+GROUP_RECREATED = Counter(
+    "ingest_producer_group_recreated_total",
+    "Times the backlog monitor found the consumer group missing and recreated it",
+)
+
+
+def _queue_gauge(name: str, documentation: str) -> Gauge:
+    return Gauge(name, documentation, multiprocess_mode="mostrecent")
+
+
+QUEUE_LENGTH = _queue_gauge("ingest_queue_length", "Entries in the stream now (XLEN)")
+QUEUE_ADDED = _queue_gauge(
+    "ingest_queue_entries_added", "Entries ever appended to the stream (XINFO STREAM)"
+)
+QUEUE_PENDING = _queue_gauge(
+    "ingest_queue_pending", "Entries delivered to a worker and not yet acknowledged"
+)
+QUEUE_LAG = _queue_gauge(
+    "ingest_queue_lag",
+    "Entries not yet delivered to any worker (the stream length where Redis cannot tell)",
+)
+QUEUE_BACKLOG = _queue_gauge(
+    "ingest_queue_backlog", "lag + pending: what backpressure compares with INGEST_MAX_BACKLOG"
+)
+QUEUE_OLDEST_PENDING_AGE = _queue_gauge(
+    "ingest_queue_oldest_pending_age_seconds",
+    "Age of the oldest pending entry (0 when nothing is pending)",
+)
+QUEUE_CONSUMERS = _queue_gauge("ingest_queue_consumers", "Consumers in the workers' group")
+DEAD_LETTER_LENGTH = _queue_gauge("ingest_dead_letter_length", "Entries in the dead-letter stream")

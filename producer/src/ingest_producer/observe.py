@@ -1,0 +1,107 @@
+"""Per-request observation: a request id on the response and on every log line of the
+request, and the request metrics; plus ``GET /metrics``.
+
+One raw ASGI wrapper around the whole app, so routing errors (404, 405) and errors turned
+into responses by the exception handlers are counted with their real status. It costs a few
+microseconds per request: metric children are looked up once per (route, method, status), not
+through ``labels()`` on every request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from litestar import Response, get
+from litestar.enums import ScopeType
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from ingest_producer import metrics
+
+if TYPE_CHECKING:
+    from litestar.handlers import HTTPRouteHandler
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_HEADER = b"x-request-id"
+# A client's id is kept when it is short and plain (it ends up in logs); else one is made.
+_CLIENT_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
+UNMATCHED_ROUTE = "unmatched"
+
+
+class RequestObserver:
+    """Wraps an ASGI app: request ids always, request metrics when ``count`` is True."""
+
+    def __init__(self, app: ASGIApp, *, count: bool) -> None:
+        self._app = app
+        self._count = count
+        # Unique across processes and restarts without a random call per request.
+        self._prefix = os.urandom(4).hex()
+        self._numbers = itertools.count(1)
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
+
+    def _request_id(self, scope: Scope) -> bytes:
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER and _CLIENT_ID.fullmatch(value):
+                return bytes(value)
+        return b"%s-%x" % (self._prefix.encode(), next(self._numbers))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self._app(scope, receive, send)
+            return
+        request_id = self._request_id(scope)
+        structlog.contextvars.bind_contextvars(request_id=request_id.decode())
+        status = 500  # what the client sees if the app fails without answering
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, request_id)]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self._app(scope, receive, send_with_id)
+        finally:
+            if self._count:
+                route = scope.get("path_template") or UNMATCHED_ROUTE
+                method: str = scope.get("method", "GET")
+                self._observe(route, method, status, time.perf_counter() - started)
+
+    def _observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        counter = self._counters.get((route, method, status))
+        if counter is None:
+            counter = metrics.REQUESTS.labels(route, method, str(status))
+            self._counters[route, method, status] = counter
+        counter.inc()
+        duration = self._durations.get(route)
+        if duration is None:
+            duration = self._durations[route] = metrics.REQUEST_DURATION.labels(route)
+        duration.observe(seconds)
+
+
+def metrics_route(multiprocess_dir: str | None) -> HTTPRouteHandler:
+    """``GET /metrics``: open, like ``/health`` (restrict it at the network level)."""
+
+    @get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics (requests, events, Redis errors, queue gauges)",
+        media_type=CONTENT_TYPE_LATEST,
+    )
+    async def prometheus_metrics() -> Response[bytes]:
+        registry = REGISTRY
+        if multiprocess_dir is not None:
+            # Every uvicorn process writes its values under the directory; sum them here.
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, multiprocess_dir)  # type: ignore[no-untyped-call]
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return prometheus_metrics

@@ -1,0 +1,182 @@
+"""The read routes: access, metrics, ranges, charts, sources. Thin: ``reading`` does the work.
+
+No ``from __future__ import annotations`` here: Litestar reads handler annotations at runtime.
+"""
+
+from typing import Annotated, Any, Literal
+
+from litestar import Request, get
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import Parameter, QueryParameter
+from redis.asyncio import Redis
+
+from ingest_producer.auth import ACCESS_OPT, Access, KeyRing, presented_key
+from ingest_producer.deadletter_routes import dead_letter_routes
+from ingest_producer.errors import error_responses
+from ingest_producer.models import AccessInfo, Charts, MetricList, RangeResult, SourceList
+from ingest_producer.openapi import ParameterOperation
+from ingest_producer.reading import catalog, charts, ranges
+from ingest_producer.reading.context import ReadContext, create_read_context
+from ingest_producer.reading.params import METRIC_PATTERN_DOC, SOURCE_PATTERN_DOC
+from ingest_shared.keys import AGGREGATIONS
+from ingest_shared.settings import Settings
+
+_READ = {ACCESS_OPT: Access.READ}
+_TIME = "Epoch milliseconds or an RFC 3339 time (naive = UTC)."
+_NAME_LIMITS = {"min_length": 1, "max_length": 128}
+
+
+def read_side_routes(settings: Settings, redis: Redis, ring: KeyRing) -> list[HTTPRouteHandler]:
+    """Every read-side route (queries and dead letters) on one read context."""
+    ctx = create_read_context(settings, redis)
+    return [*read_routes(ctx, ring), *dead_letter_routes(ctx)]
+
+
+def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
+    """The read-side routes, bound to their collaborators."""
+
+    @get(
+        "/api/ingest/access",
+        responses=error_responses(500),
+        tags=["queries"],
+        summary="Whether API keys are required, and what the presented key may do",
+        description=(
+            "Open route (no key needed). `access` is `write` when auth is off; with auth on it "
+            "is the access of the key in `Authorization: Bearer` or `X-API-Key`, or `none`."
+        ),
+    )
+    async def access(request: Request[Any, Any, Any]) -> AccessInfo:
+        if ring.open:
+            return AccessInfo(authEnabled=False, access="write")
+        key = presented_key(request.headers)
+        found = None if key is None else ring.access_of(key)
+        level: Literal["write", "read", "none"] = "none" if found is None else found.value
+        return AccessInfo(authEnabled=True, access=level)
+
+    @get(
+        "/api/ingest/metrics",
+        responses=error_responses(401, 403, 500, 503),
+        opt=_READ,
+        tags=["queries"],
+        summary="Every metric: its sources, latest raw value and latest value of each rollup",
+        description=(
+            "`sources` is listed only when `sourceCount` <= 50 (else null). A fixed number of "
+            "Redis round trips whatever the number of metrics."
+        ),
+    )
+    async def metrics() -> MetricList:
+        return await catalog.read_metrics(ctx)
+
+    @get(
+        "/api/ingest/metrics/{metric:str}/range",
+        responses=error_responses(401, 403, 422, 500, 503),
+        opt=_READ,
+        operation_class=ParameterOperation,
+        tags=["queries"],
+        summary="Points of one metric over time, for one source or the whole fleet",
+        description=(
+            "Without `agg`: raw samples (fleet points name their `source`). With `agg`: one "
+            "point per bucket (aligned to multiples of `bucketMs`), served from a configured "
+            "rollup when `agg` and `bucketMs` match one (`origin: rollup`), else aggregated by "
+            "Redis from the raw series (`origin: raw`). `lastBucketOpen`: the last bucket "
+            "still holds the newest sample and may change. The fleet (no `source`) is computed "
+            "from every device's series; its `avg` is the true mean of all samples; `first`, "
+            "`last` and `std.p` need a `source`. More than INGEST_MAX_POINTS points: 422 "
+            "naming a `bucketMs` that fits."
+        ),
+    )
+    async def metric_range(
+        *,
+        metric: Annotated[
+            str,
+            Parameter(description="Metric name", pattern=METRIC_PATTERN_DOC, **_NAME_LIMITS),
+        ],
+        from_: Annotated[
+            str | None,
+            QueryParameter(name="from", description=f"Start. {_TIME} Default: `to` - 1 h"),
+        ] = None,
+        to: Annotated[str | None, Parameter(description=f"End. {_TIME} Default: now")] = None,
+        source: Annotated[
+            str | None,
+            Parameter(
+                description="One device; omitted = the fleet",
+                pattern=SOURCE_PATTERN_DOC,
+                **_NAME_LIMITS,
+            ),
+        ] = None,
+        agg: Annotated[
+            str | None,
+            Parameter(
+                description=(
+                    f"Aggregation per bucket: one of {', '.join(AGGREGATIONS)}; omitted = raw "
+                    "samples"
+                )
+            ),
+        ] = None,
+        # Named as in the query string so that validation errors name it so.
+        bucketMs: Annotated[  # noqa: N803
+            int | None,
+            Parameter(
+                ge=1,
+                description="Bucket size in ms (with `agg` only; default: the first rollup's)",
+            ),
+        ] = None,
+    ) -> RangeResult:
+        query = ranges.parse_range(
+            ctx, metric=metric, source=source, from_=from_, to=to, agg=agg, bucket_ms=bucketMs
+        )
+        return await ranges.read_range(ctx, query)
+
+    @get(
+        "/api/ingest/charts",
+        responses=error_responses(401, 403, 422, 500, 503),
+        opt=_READ,
+        operation_class=ParameterOperation,
+        tags=["queries"],
+        summary="Every metric's chart over a window, in one call",
+        description=(
+            "Per metric: `raw` (the fleet's true average per fine bucket of window/240 "
+            "seconds, or one device's raw samples, averaged by Redis when there are more than "
+            "300), and `rollup` (the first configured rollup over the window; its last point "
+            "may be the still-open bucket). A constant number of Redis round trips whatever "
+            "the number of metrics or devices."
+        ),
+    )
+    async def chart_data(
+        window: Annotated[
+            Literal["15m", "1h", "24h"], Parameter(description="How far back from now")
+        ] = "1h",
+        source: Annotated[
+            str | None,
+            Parameter(
+                description="One device; omitted = the fleet",
+                pattern=SOURCE_PATTERN_DOC,
+                **_NAME_LIMITS,
+            ),
+        ] = None,
+    ) -> Charts:
+        return await charts.read_charts(ctx, window, source)
+
+    @get(
+        "/api/ingest/sources",
+        responses=error_responses(401, 403, 422, 500, 503),
+        opt=_READ,
+        operation_class=ParameterOperation,
+        tags=["queries"],
+        summary="Devices with the latest sample of each metric they report",
+        description=(
+            "A metric is `stale` when its latest sample is older than INGEST_STALE_AFTER_MS; "
+            "a device is stale when any of its metrics is. `stale=true` lists only stale "
+            "devices, with only their stale metrics. One TS.MGET whatever the number of devices."
+        ),
+    )
+    async def sources(
+        metric: Annotated[
+            str | None,
+            Parameter(description="Only this metric", pattern=METRIC_PATTERN_DOC, **_NAME_LIMITS),
+        ] = None,
+        stale: Annotated[bool, Parameter(description="Only stale devices and metrics")] = False,
+    ) -> SourceList:
+        return await catalog.read_sources(ctx, metric, stale)
+
+    return [access, metrics, metric_range, chart_data, sources]

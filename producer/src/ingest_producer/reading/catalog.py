@@ -1,0 +1,120 @@
+"""``/metrics`` and ``/sources``: what is being reported, by whom, and who went quiet.
+
+Each answer costs a fixed number of round trips whatever the number of metrics or devices:
+TS.MGET with FILTER returns every matching series' latest sample and labels in one command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from ingest_producer.models import (
+    MetricInfo,
+    MetricList,
+    Point,
+    SourceInfo,
+    SourceList,
+    SourceMetric,
+)
+from ingest_producer.reading import params
+from ingest_producer.reading.fanout import fan_out, mget
+from ingest_shared import keys as k
+from ingest_shared.redis_client import call
+from ingest_shared.schema import now_ms
+
+if TYPE_CHECKING:
+    from ingest_producer.reading.context import ReadContext
+    from ingest_producer.reading.replies import Series
+
+# Above this many sources a metric lists only their count.
+MAX_LISTED_SOURCES = 50
+_DEVICE_LABELS = (k.LABEL_METRIC, k.LABEL_SOURCE)
+
+
+def _point(series: Series) -> Point | None:
+    return Point(*series.samples[0]) if series.samples else None
+
+
+async def read_metrics(ctx: ReadContext) -> MetricList:
+    """Every metric (the metrics set), sorted: its sources, latest raw and rollup values."""
+    members, (devices, raws, rollups) = await asyncio.gather(
+        call(ctx.redis, "SMEMBERS", ctx.keys.metrics),
+        fan_out(
+            ctx.nodes,
+            [
+                mget([f"{k.LABEL_KIND}={k.KIND_SOURCE_RAW}"], _DEVICE_LABELS),
+                mget([f"{k.LABEL_KIND}={k.KIND_RAW}"], [k.LABEL_METRIC]),
+                mget(
+                    [f"{k.LABEL_KIND}={k.KIND_ROLLUP}"],
+                    [k.LABEL_METRIC, k.LABEL_AGG, k.LABEL_BUCKET_MS],
+                ),
+            ],
+        ),
+    )
+    sources: dict[str, set[str]] = {}
+    for series in devices:
+        metric, source = series.labels.get(k.LABEL_METRIC), series.labels.get(k.LABEL_SOURCE)
+        if metric is not None and source is not None:
+            sources.setdefault(metric, set()).add(source)
+    latest = {s.labels.get(k.LABEL_METRIC): _point(s) for s in raws}
+    names = {rollup.name for rollup in ctx.keys.rollups}
+    rolled: dict[str, dict[str, Point | None]] = {}
+    for series in rollups:
+        labels = series.labels
+        name = f"{labels.get(k.LABEL_AGG)}_{labels.get(k.LABEL_BUCKET_MS)}"
+        metric = labels.get(k.LABEL_METRIC)
+        if metric is not None and name in names:
+            rolled.setdefault(metric, {})[name] = _point(series)
+    metrics = sorted({m.decode(errors="replace") for m in members} | set(sources))
+    return MetricList(
+        [
+            MetricInfo(
+                metric=metric,
+                sourceCount=len(sources.get(metric, ())),
+                sources=(
+                    sorted(sources.get(metric, ()))
+                    if len(sources.get(metric, ())) <= MAX_LISTED_SOURCES
+                    else None
+                ),
+                latest=latest.get(metric),
+                rollups={
+                    rollup.name: rolled.get(metric, {}).get(rollup.name)
+                    for rollup in ctx.keys.rollups
+                },
+            )
+            for metric in metrics
+        ]
+    )
+
+
+async def read_sources(ctx: ReadContext, metric: str | None, stale_only: bool) -> SourceList:
+    """Every device with the latest sample of each metric it reports (or of ``metric``);
+    ``stale_only`` keeps only metrics silent for longer than INGEST_STALE_AFTER_MS."""
+    filters = [f"{k.LABEL_KIND}={k.KIND_SOURCE_RAW}"]
+    if metric is not None:
+        filters.append(f"{k.LABEL_METRIC}={params.metric_name(metric)}")
+    [series_list] = await fan_out(ctx.nodes, [mget(filters, _DEVICE_LABELS)])
+    now = now_ms()
+    limit = ctx.stale_after_ms
+    by_source: dict[str, list[SourceMetric]] = {}
+    for series in series_list:
+        name, source = series.labels.get(k.LABEL_METRIC), series.labels.get(k.LABEL_SOURCE)
+        if name is None or source is None or not series.samples:
+            continue
+        timestamp, value = series.samples[0]
+        stale = now - timestamp > limit
+        if stale or not stale_only:
+            by_source.setdefault(source, []).append(SourceMetric(name, timestamp, value, stale))
+    return SourceList(
+        staleAfterMs=limit,
+        now=now,
+        sources=[
+            SourceInfo(
+                source=source,
+                stale=any(m.stale for m in found),
+                metrics=sorted(found, key=lambda m: m.metric),
+            )
+            for source, found in sorted(by_source.items())
+        ],
+    )

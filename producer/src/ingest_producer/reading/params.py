@@ -1,0 +1,111 @@
+"""Checks of read-route parameters, done before any key or FILTER is built: a 422 otherwise.
+
+Metric and source names follow the event schema's own rules (``ingest_shared.schema``
+``Metric`` / ``Source``: anchored with ``\\A...\\Z``), so no name can reach outside the series
+prefix or add a FILTER term (``metric=a,kind=x``, ``source=x)``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import msgspec
+from litestar.exceptions import HTTPException
+
+from ingest_producer.errors import validation_detail
+from ingest_producer.models import FieldError
+from ingest_shared.keys import AGGREGATIONS
+from ingest_shared.schema import Metric, Source, to_epoch_ms
+
+# Published in the OpenAPI document (ECMA-262: ``^...$``); Python checks use msgspec's
+# anchored patterns through ``Metric`` / ``Source``.
+METRIC_PATTERN_DOC = "^[-A-Za-z0-9_.]+$"
+SOURCE_PATTERN_DOC = "^[-A-Za-z0-9_.:@/]+$"
+STREAM_ID_PATTERN_DOC = "^[0-9]+-[0-9]+$"
+STREAM_ID = re.compile(r"\A[0-9]{1,20}-[0-9]{1,20}\Z")
+_EPOCH_MS = re.compile(r"\A[0-9]{1,15}\Z")
+# Epoch ms beyond this are not times RedisTimeSeries can hold usefully (year ~2255).
+MAX_EPOCH_MS = 9_000_000_000_000
+
+
+def invalid(field: str, message: str) -> HTTPException:
+    """The 422 every bad read parameter gets."""
+    errors = [FieldError(field, message)]
+    return HTTPException(status_code=422, detail=validation_detail(errors), extra=errors)
+
+
+def metric_name(value: str, field: str = "metric") -> str:
+    """``value`` if it is a valid metric name (the event schema's rule), else a 422."""
+    try:
+        return msgspec.convert(value, Metric)
+    except msgspec.ValidationError as exc:
+        raise invalid(field, str(exc)) from None
+
+
+def source_name(value: str, field: str = "source") -> str:
+    """``value`` if it is a valid source name (the event schema's rule), else a 422."""
+    try:
+        return msgspec.convert(value, Source)
+    except msgspec.ValidationError as exc:
+        raise invalid(field, str(exc)) from None
+
+
+def optional_source(value: str | None) -> str | None:
+    """None (the fleet) or a valid source name."""
+    return None if value is None else source_name(value)
+
+
+def aggregation(value: str | None) -> str | None:
+    """None (raw points) or one of the known aggregations."""
+    if value is None or value in AGGREGATIONS:
+        return value
+    raise invalid("agg", f"must be one of {', '.join(AGGREGATIONS)}")
+
+
+def stream_id(value: str, field: str = "id") -> str:
+    """A full stream entry id (``<ms>-<seq>``), else a 422."""
+    if STREAM_ID.match(value) is None:
+        raise invalid(field, "must be a stream entry id like 1700000000000-0")
+    return value
+
+
+def epoch_ms(value: str, field: str) -> int:
+    """Epoch milliseconds, or an RFC 3339 time (naive = UTC), as epoch milliseconds."""
+    if _EPOCH_MS.match(value):
+        ms = int(value)
+    else:
+        try:
+            moment = msgspec.convert(value, dt.datetime)
+        except msgspec.ValidationError:
+            msg = "must be epoch milliseconds or an RFC 3339 time"
+            raise invalid(field, msg) from None
+        ms = to_epoch_ms(moment)
+    if not 0 <= ms <= MAX_EPOCH_MS:
+        raise invalid(field, f"must be between 0 and {MAX_EPOCH_MS} epoch milliseconds")
+    return ms
+
+
+def time_range(from_: str | None, to: str | None, now: int, default_ms: int) -> tuple[int, int]:
+    """(from, to) in epoch ms: ``to`` defaults to ``now``, ``from`` to ``to - default_ms``."""
+    end = now if to is None else epoch_ms(to, "to")
+    start = max(0, end - default_ms) if from_ is None else epoch_ms(from_, "from")
+    if start > end:
+        raise invalid("from", "must not be after `to`")
+    return start, end
+
+
+def buckets_between(start: int, end: int, bucket_ms: int) -> int:
+    """How many buckets (aligned to epoch 0) start within [start, end]."""
+    return end // bucket_ms - first_bucket(start, bucket_ms) // bucket_ms + 1
+
+
+def first_bucket(start: int, bucket_ms: int) -> int:
+    """The first bucket boundary at or after ``start`` (aggregated ranges start there)."""
+    return -(-start // bucket_ms) * bucket_ms
+
+
+def fitting_bucket(start: int, end: int, max_points: int) -> int:
+    """A bucket (ms) giving at most ``max_points`` buckets over [start, end]: ceil(span /
+    max_points), as [start, end] holds at most ceil(span / bucket) multiples of a bucket."""
+    return max(1, -(-(end - start + 1) // max_points))

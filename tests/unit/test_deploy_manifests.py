@@ -1,0 +1,89 @@
+"""The Kubernetes example and compose file: valid, and pointing at what the services serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from ingest_shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy" / "kubernetes"
+# A Kubernetes version whose schemas kubernetes-validate ships.
+K8S_VERSION = "1.30.0"
+
+
+def documents() -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        found += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return found
+
+
+def by_kind(kind: str, name: str) -> dict[str, Any]:
+    [doc] = [d for d in documents() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    [only] = deployment["spec"]["template"]["spec"]["containers"]
+    assert isinstance(only, dict)
+    return only
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [d for d in documents() if not d["apiVersion"].startswith("keda.sh/")],
+    ids=lambda d: f"{d['kind']}/{d['metadata']['name']}",
+)
+def test_core_resources_validate_against_the_kubernetes_schema(doc: dict[str, Any]) -> None:
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_producer_probes_ready_and_health_on_its_port() -> None:
+    producer = container(by_kind("Deployment", "ingest-producer"))
+    env = {e["name"]: e.get("value") for e in producer["env"]}
+    assert env["INGEST_HTTP_HOST"] == "0.0.0.0"
+    [port] = producer["ports"]
+    assert str(port["containerPort"]) == env["INGEST_HTTP_PORT"]
+    assert producer["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert producer["livenessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_worker_liveness_is_its_health_endpoint_on_the_default_port() -> None:
+    worker = container(by_kind("Deployment", "ingest-worker"))
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert env["INGEST_WORKER_HTTP_HOST"] == "0.0.0.0"
+    assert int(env["INGEST_WORKER_HTTP_PORT"]) == Settings().worker_http_port
+    [port] = worker["ports"]
+    assert port["containerPort"] == Settings().worker_http_port
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/health", "port": port["name"]}
+
+
+def test_keda_scales_the_worker_deployment_on_the_groups_lag() -> None:
+    scaled = by_kind("ScaledObject", "ingest-worker")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "ingest-worker"
+    assert scaled["spec"]["minReplicaCount"] >= 1
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis-streams"
+    meta = trigger["metadata"]
+    assert meta["stream"] == Settings().stream_key
+    assert meta["consumerGroup"] == Settings().consumer_group
+    assert int(meta["lagCount"]) > 0
+    worker_env = {e["name"] for e in container(by_kind("Deployment", "ingest-worker"))["env"]}
+    assert meta["addressFromEnv"] in worker_env
+
+
+def test_compose_restarts_services_and_checks_the_workers_health_endpoint() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {s.get("restart") for s in services.values()} == {"unless-stopped"}
+    worker = services["worker"]
+    assert "ports" not in worker  # scaled workers would collide on a published port
+    assert "/health" in " ".join(worker["healthcheck"]["test"])
+    assert worker["environment"]["INGEST_WORKER_HTTP_HOST"] == "0.0.0.0"
