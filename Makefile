@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 LOCK_INPUTS := uv.lock pyproject.toml shared/pyproject.toml producer/pyproject.toml \
 	worker/pyproject.toml devtools/pyproject.toml
 
-.PHONY: help install install-run run redis test test-unit lint format bench bench-quick up down clean
+.PHONY: help install install-run run redis cluster test test-unit chaos lint format bench bench-quick up down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,11 +45,21 @@ redis: $(UV) ## only the local Redis Stack server on :6379 (foreground)
 	$(RUN_SYNC) --group embedded-redis
 	$(UV) run --frozen --no-sync python -m ingest_devtools.localredis --port 6379 --dir .run/redis --appendonly
 
+# CLUSTER_MASTERS / CLUSTER_REPLICAS size it; a new cluster each time (the old one's files go).
+cluster: $(UV) ## a local Redis Cluster (3 primaries + 1 replica each) on free ports (foreground); prints the URLs
+	$(RUN_SYNC) --group embedded-redis
+	$(UV) run --frozen --no-sync python -m ingest_devtools.localcluster --dir .run/cluster \
+	  --masters $${CLUSTER_MASTERS:-3} --replicas $${CLUSTER_REPLICAS:-1}
+
 test: install ## the whole suite against a real Redis (INGEST_TEST_REDIS_URL, Docker, or embedded)
 	$(UV) run --frozen --no-sync pytest $(PYTEST_ARGS)
 
 test-unit: install ## unit tests only
 	$(UV) run --frozen --no-sync pytest tests/unit $(PYTEST_ARGS)
+
+# INGEST_CHAOS_SCALE multiplies the chaos tests' event counts (1 in `make test`: a few thousand).
+chaos: install ## the chaos suite at full size (100k+ events per fault; INGEST_CHAOS_SCALE=25) and its loss table
+	INGEST_CHAOS_SCALE=$${INGEST_CHAOS_SCALE:-25} $(UV) run --frozen --no-sync pytest tests/faults -m chaos $(PYTEST_ARGS)
 
 lint: install ## ruff (lint + format check) and mypy --strict
 	$(UV) run --frozen --no-sync ruff check .

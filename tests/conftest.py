@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
-from ingest_devtools.localredis import LocalRedis, embedded_available
+from ingest_devtools.localcluster import LocalCluster
+from ingest_devtools.localredis import NO_EMBEDDED_REDIS, LocalRedis, embedded_available
 from ingest_devtools.supervisor import mask_url
 
 if TYPE_CHECKING:
@@ -155,3 +157,25 @@ def serve() -> AppClient:
             await lifespan
 
     return client
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A local 3-primary Redis Cluster (no replicas) of the embedded binary, shared by the
+    session and started only when a test first asks for it."""
+    if not embedded_available():
+        pytest.skip(f"the cluster tests need the embedded Redis: {NO_EMBEDDED_REDIS}")
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), masters=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def redis_cluster_client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
+    """A cluster client on the session cluster; every primary is flushed (data and function
+    libraries) before the test, and the client is closed after it."""
+    client = RedisCluster.from_url(redis_cluster.url, decode_responses=False)
+    await client.initialize()
+    await client.execute_command("FLUSHALL", target_nodes=client.get_primaries())
+    await client.execute_command("FUNCTION FLUSH", target_nodes=client.get_primaries())
+    yield client
+    await client.aclose()

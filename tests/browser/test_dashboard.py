@@ -163,6 +163,8 @@ async def seed(http: httpx.AsyncClient, redis: Redis) -> str:
     await call(
         redis, "XREADGROUP", "GROUP", GROUP, STUCK_CONSUMER, "COUNT", 3, "STREAMS", KEYS.stream, ">"
     )
+    # A second, idle consumer (the process route removes its own once done).
+    await call(redis, "XGROUP", "CREATECONSUMER", KEYS.stream, GROUP, "idle-consumer")
     oldest: Entries = await call(redis, "XRANGE", KEYS.stream, "-", "+", "COUNT", 1)
     assert await call(redis, "XDEL", KEYS.stream, oldest[0][0]) == 1
     return replayable.decode()

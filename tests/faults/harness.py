@@ -1,8 +1,7 @@
 """What every fault test needs: the real services as processes, a steady load that records
-what was accepted, and a checker that finds each accepted event in its series.
+what each request got back, a `/health` probe, and the size of the run.
 
-Events carry a unique (source, occurredAt) and their sequence number as the value, so the
-checker can tell stored, lost and wrong values apart from the per-device series alone.
+The loss checker that judges the result is ``tests.faults.checker``.
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -20,91 +20,123 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+from tests.faults.checker import Event, Outcome
 from tests.ports import free_port
 
-from ingest_shared.redis_client import call
-from ingest_shared.schema import format_ms, now_ms
-from ingest_shared.settings import Settings
+from ingest_shared.schema import now_ms
+from ingest_shared.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+    from types import TracebackType
 
     from redis.asyncio import Redis
 
 BIN = Path(sys.executable).parent
-KEYS = Settings().keys
 METRIC = "load"
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
+# Events are stamped this long ago, ``step_ms`` apart: inside retention (1 day) for 100k+
+# events, and never in the future.
+EVENTS_START_AGO_MS = 6 * 3_600_000
+# `make chaos` sets it (100k+ events per fault); `make test` runs at 1 (a few thousand).
+SCALE_VARIABLE = "INGEST_CHAOS_SCALE"
+HEALTH_PROBE = Path(__file__).with_name("health_probe.py")
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One reading the load sent: its device series and timestamp identify it."""
-
-    n: int
-    source: str
-    timestamp_ms: int
-
-    @property
-    def body(self) -> dict[str, object]:
-        occurred = format_ms(self.timestamp_ms)
-        return {"source": self.source, "metric": METRIC, "value": self.n, "occurredAt": occurred}
+def chaos_scale() -> float:
+    """How many times the CI size the chaos tests run at (``INGEST_CHAOS_SCALE``, default 1)."""
+    raw = os.environ.get(SCALE_VARIABLE, "1")
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = 0.0
+    if not scale > 0:
+        raise ValueError(f"{SCALE_VARIABLE} must be a positive number, got {raw!r}")
+    return scale
 
 
-@dataclass
-class Outcome:
-    """A request of the load: its events, when it was sent, and the status it got (0: none)."""
+@dataclass(frozen=True)
+class Size:
+    """How many events a fault test sends, and how fast."""
 
-    events: list[Event]
-    sent_at: float
-    status: int = 0
+    events: int
+    rate: float  # events per second, all clients together
+
+    @classmethod
+    def scaled(cls, ci_events: int, ci_rate: float, full_rate: float) -> Size:
+        """``ci_events`` at scale 1; more events, and a rate up to ``full_rate``, above it."""
+        scale = chaos_scale()
+        return cls(round(ci_events * scale), min(full_rate, ci_rate * max(1.0, scale)))
 
 
 @dataclass
 class Load:
-    """Posts batches to the producer from ``concurrency`` tasks until stopped."""
+    """Posts batches from ``concurrency`` clients at ``rate`` events/s in all until stopped.
+
+    Each client has its own connection (the pool holds one per client, so no request waits
+    for the pool) and never catches up on posts it missed while a request hung.
+    """
 
     base_url: str
     batch: int = 10
-    interval_s: float = 0.02
     concurrency: int = 4
+    rate: float = 2000.0
     sources: int = 8
+    step_ms: int = 10
+    metric: str = METRIC
+    timeout_s: float = 10.0
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        # Ten minutes ago, one ms per event: unique per device, inside retention and skew.
-        self._base_ms = now_ms() - 600_000
+        self._base_ms = now_ms() - EVENTS_START_AGO_MS
         self._counter = itertools.count()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.sent = 0
 
     def _next_events(self) -> list[Event]:
         events = []
         for _ in range(self.batch):
             n = next(self._counter)
-            events.append(Event(n, f"dev-{n % self.sources}", self._base_ms + n))
+            source = f"dev-{n % self.sources}"
+            events.append(Event(n, self.metric, source, self._base_ms + n * self.step_ms))
+        self.sent += self.batch
         return events
 
-    async def _post_loop(self, http: httpx.AsyncClient) -> None:
+    async def _client(self, http: httpx.AsyncClient, index: int) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.concurrency * self.batch / self.rate
+        due = loop.time() + period * index / self.concurrency  # spread the clients out
         while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), max(0.0, due - loop.time()))
+            if self._stop.is_set():
+                return
             outcome = Outcome(self._next_events(), time.monotonic())
             self.outcomes.append(outcome)
             try:
                 response = await http.post(
                     "/api/ingest/events", json=[e.body for e in outcome.events]
                 )
+            except httpx.TransportError as exc:
+                outcome.detail = f"{type(exc).__name__}: {exc}"
+            else:
                 outcome.status = response.status_code
-            except httpx.TransportError:
-                outcome.status = 0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+                if not response.is_success:
+                    outcome.detail = _detail(response)
+            due = max(due + period, loop.time())
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Load]:
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as http:
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
+        async with httpx.AsyncClient(
+            base_url=self.base_url, timeout=self.timeout_s, limits=limits
+        ) as http:
             self._tasks = [
-                asyncio.create_task(self._post_loop(http)) for _ in range(self.concurrency)
+                asyncio.create_task(self._client(http, index)) for index in range(self.concurrency)
             ]
             try:
                 yield self
@@ -117,7 +149,7 @@ class Load:
         return [
             event
             for outcome in self.outcomes
-            if 200 <= outcome.status < 300 and outcome.sent_at >= sent_after
+            if outcome.status // 100 == 2 and outcome.sent_at >= sent_after
             for event in outcome.events
         ]
 
@@ -129,53 +161,61 @@ class Load:
         return counts
 
 
-async def stored_values(redis: Redis, sources: int) -> dict[tuple[str, int], float]:
-    """Every sample of the load's per-device series: (source, timestamp) -> value."""
-    found: dict[tuple[str, int], float] = {}
-    for index in range(sources):
-        source = f"dev-{index}"
-        key = KEYS.source_raw(METRIC, source)
-        if not await redis.exists(key):
-            continue
-        for timestamp, value in await call(redis, "TS.RANGE", key, "-", "+"):
-            found[(source, int(timestamp))] = float(value)
-    return found
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail", "")
+    except ValueError:
+        return response.text[:200]
+    return str(detail)
 
 
-@dataclass(frozen=True)
-class Report:
-    """The loss checker's verdict on a set of accepted events."""
+class HealthProbe:
+    """GET ``/health`` every ``interval_s`` from a process of its own (``health_probe.py``:
+    neither the load's event loop nor its GIL delays it) and keep every latency and failure."""
 
-    accepted: int
-    stored: int
-    lost: list[Event]
-    wrong: list[Event]
-    pending: int
+    def __init__(self, port: int, interval_s: float = 0.1) -> None:
+        self._command = [sys.executable, str(HEALTH_PROBE), str(port), str(interval_s)]
+        self._process: subprocess.Popen[bytes] | None = None
+        self.latencies_s: list[float] = []
+        self.started_at: list[float] = []  # time.monotonic() of each answered probe
+        self.failures: list[str] = []
 
-    def line(self) -> str:
-        return (
-            f"accepted {self.accepted}, stored {self.stored}, lost {len(self.lost)}, "
-            f"wrong value {len(self.wrong)}, pending {self.pending}"
+    @property
+    def worst_s(self) -> float:
+        return max(self.latencies_s, default=0.0)
+
+    def slowest(self, count: int = 5) -> list[tuple[float, float]]:
+        """The ``count`` slowest probes: (monotonic start, seconds), slowest first."""
+        pairs = sorted(zip(self.latencies_s, self.started_at, strict=True), reverse=True)
+        return [(at, latency) for latency, at in pairs[:count]]
+
+    def __enter__(self) -> HealthProbe:
+        self._process = subprocess.Popen(
+            self._command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
         )
+        return self
 
-
-async def check(redis: Redis, events: list[Event], sources: int) -> Report:
-    """Find each of ``events`` in its device series with its value."""
-    values = await stored_values(redis, sources)
-    lost, wrong = [], []
-    for event in events:
-        value = values.get((event.source, event.timestamp_ms))
-        if value is None:
-            lost.append(event)
-        elif value != event.n:
-            wrong.append(event)
-    return Report(len(events), len(events) - len(lost), lost, wrong, await pending(redis))
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGTERM)
+        output, _ = self._process.communicate(timeout=STOP_TIMEOUT_S)
+        result = json.loads(output)
+        self.started_at = [at for at, _ in result["samples"]]
+        self.latencies_s = [latency for _, latency in result["samples"]]
+        self.failures = result["failures"]
 
 
 async def pending(redis: Redis) -> int:
     """Entries the group has delivered but not acknowledged (0 without a group)."""
     with contextlib.suppress(Exception):
-        return int((await redis.xpending(KEYS.stream, Settings().consumer_group))["pending"])
+        return int(
+            (await redis.xpending(Settings().stream_key, Settings().consumer_group))["pending"]
+        )
     return 0
 
 
@@ -193,7 +233,11 @@ async def eventually(
 
 @dataclass
 class Services:
-    """``ingest-producer`` and ``ingest-worker`` as processes on ``redis_url``."""
+    """``ingest-producer`` and ``ingest-worker`` processes on ``redis_url``.
+
+    Each process has a name (its log is ``<log_dir>/<name>.log``); ``start`` runs the console
+    script of that name unless given a command, with ``env`` over the common environment.
+    """
 
     redis_url: str
     log_dir: Path
@@ -206,7 +250,12 @@ class Services:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _env(self) -> dict[str, str]:
+    @property
+    def settings(self) -> Settings:
+        """The settings the services parse (key names, rollups, group) for the checker."""
+        return load_settings(self._env())
+
+    def _env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "REDIS_"))}
         return base | {
             "REDIS_URL": self.redis_url,
@@ -217,15 +266,40 @@ class Services:
             "INGEST_BLOCK_MS": "500",
             "INGEST_SHUTDOWN_GRACE_S": "5",
             **self.env,
+            **(extra or {}),
         }
 
-    def start(self, name: str) -> None:
-        """Start ``ingest-producer`` or ``ingest-worker``."""
+    def start(
+        self,
+        name: str,
+        *,
+        command: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``ingest-producer``, ``ingest-worker`` or ``command`` as process ``name``."""
         log = (self.log_dir / f"{name}.log").open("ab")
         with log:
-            self.processes[name] = subprocess.Popen(
-                [str(BIN / name)], env=self._env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            process = subprocess.Popen(
+                list(command) if command else [str(BIN / name)],
+                env=self._env(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
             )
+        self.processes[name] = process
+        return process
+
+    def start_worker(
+        self,
+        name: str,
+        consumer: str,
+        *,
+        command: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """One more worker, as consumer ``consumer``, without a /metrics port of its own."""
+        own = {"INGEST_CONSUMER_NAME": consumer, "INGEST_WORKER_HTTP_PORT": "0", **(env or {})}
+        return self.start(name, command=command or [str(BIN / "ingest-worker")], env=own)
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
@@ -245,6 +319,23 @@ class Services:
 
             await eventually(answers, START_TIMEOUT_S, "the producer to be ready")
 
+    def kill(self, name: str) -> int:
+        """SIGKILL process ``name``; its exit status."""
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGKILL)
+        return process.wait()
+
+    async def exited(self, name: str, within_s: float) -> int:
+        """Wait for process ``name`` to exit by itself; its exit status."""
+        process = self.processes[name]
+
+        async def done() -> bool:
+            return process.poll() is not None
+
+        await eventually(done, within_s, f"{name} to exit")
+        del self.processes[name]
+        return process.wait()
+
     def stop(self, name: str) -> int:
         """SIGTERM, then the exit status (SIGKILL after STOP_TIMEOUT_S)."""
         process = self.processes.pop(name)
@@ -259,6 +350,17 @@ class Services:
     def stop_all(self) -> None:
         for name in list(self.processes):
             self.stop(name)
+
+    @contextlib.asynccontextmanager
+    async def serving(self, *names: str) -> AsyncIterator[Services]:
+        """:meth:`running` for tests that serve the processes from their event loop (a proxy):
+        the processes are stopped from a thread, so the loop keeps serving them meanwhile."""
+        try:
+            for name in names:
+                self.start(name)
+            yield self
+        finally:
+            await asyncio.to_thread(self.stop_all)
 
     @contextlib.contextmanager
     def running(self, *names: str) -> Iterator[Services]:

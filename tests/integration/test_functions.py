@@ -1,4 +1,5 @@
-"""The server-side append function: order, idempotency and rate limit, atomically."""
+"""The server-side functions: appends (order, idempotency and rate limit, atomically),
+trimming, the consumer release, and loading the two libraries."""
 
 from __future__ import annotations
 
@@ -8,18 +9,22 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.exceptions import ResponseError
 
+from ingest_shared.functions import PRODUCER_LIBRARY as PRODUCER
+from ingest_shared.functions import WORKER_LIBRARY as WORKER
 from ingest_shared.functions import (
     Appended,
     Conflict,
     Duplicate,
     Idempotency,
+    OverLimit,
     RateLimit,
     RateLimited,
     Segment,
     SegmentReply,
     append_command,
     append_segments,
-    load_functions,
+    load_library,
+    release_consumer,
     trim_stream,
 )
 from ingest_shared.redis_client import call
@@ -35,7 +40,8 @@ EVENTS = [EventOut(f"s{i}", "cpu", i / 4, "2026-03-19T12:00:00Z") for i in range
 
 @pytest.fixture
 async def loaded(redis: Redis) -> Redis:
-    await load_functions(redis)
+    await load_library(redis, PRODUCER)
+    await load_library(redis, WORKER)
     return redis
 
 
@@ -63,8 +69,63 @@ async def test_batch_is_appended_in_order_with_the_tutorial_fields(loaded: Redis
 
 
 async def test_loading_twice_is_harmless(loaded: Redis) -> None:
-    await load_functions(loaded)
+    await load_library(loaded, PRODUCER)
     assert isinstance(await append_one(loaded, Segment(EVENTS[:1])), Appended)
+
+
+async def test_each_library_holds_only_its_own_functions(redis: Redis) -> None:
+    await call(redis, "FUNCTION", "FLUSH")  # FLUSHALL keeps functions
+    await load_library(redis, PRODUCER)
+    await load_library(redis, WORKER)
+    listed = {
+        lib[b"library_name"]: {f[b"name"] for f in lib[b"functions"]}
+        for lib in await call(redis, "FUNCTION", "LIST")
+    }
+    assert listed == {
+        b"ingest_producer": {b"ingest_append", b"ingest_replay", b"ingest_release_consumer"},
+        b"ingest_worker": {b"ingest_trim", b"ingest_read", b"ingest_claim"},
+    }
+
+
+async def test_the_single_library_of_earlier_releases_is_replaced(redis: Redis) -> None:
+    legacy = (
+        "#!lua name=telemetry_ingest\n"
+        "redis.register_function('ingest_append', function() return 1 end)\n"
+        "redis.register_function('ingest_trim', function() return 1 end)\n"
+    )
+    await call(redis, "FUNCTION", "FLUSH")
+    await call(redis, "FUNCTION", "LOAD", legacy)
+    await load_library(redis, PRODUCER)
+    await load_library(redis, WORKER)
+    names = {lib[b"library_name"] for lib in await call(redis, "FUNCTION", "LIST")}
+    assert names == {b"ingest_producer", b"ingest_worker"}
+    assert isinstance(await append_one(redis, Segment(EVENTS[:1])), Appended)
+
+
+async def test_a_clash_with_a_foreign_library_is_reported_not_deleted(redis: Redis) -> None:
+    foreign = "#!lua name=theirs\nredis.register_function('ingest_trim', function() return 1 end)"
+    await call(redis, "FUNCTION", "FLUSH")
+    await call(redis, "FUNCTION", "LOAD", foreign)
+    with pytest.raises(ResponseError, match="already exists"):
+        await load_library(redis, WORKER)
+    assert {lib[b"library_name"] for lib in await call(redis, "FUNCTION", "LIST")} == {b"theirs"}
+    await call(redis, "FUNCTION", "FLUSH")
+
+
+async def test_a_consumer_is_released_only_when_it_holds_nothing_pending(loaded: Redis) -> None:
+    await append_one(loaded, Segment(EVENTS[:2]))
+    await loaded.xgroup_create(KEYS.stream, "g", id="0")
+    await loaded.xreadgroup("g", "busy", {KEYS.stream: ">"}, count=1)
+    await loaded.xreadgroup("g", "done", {KEYS.stream: ">"}, count=1)
+    [(done_id, _)] = (await loaded.xrange(KEYS.stream) or [])[1:]
+    assert isinstance(done_id, bytes)
+    await loaded.xack(KEYS.stream, "g", done_id)
+
+    assert await release_consumer(loaded, KEYS, "g", "done")
+    assert not await release_consumer(loaded, KEYS, "g", "busy")
+    assert not await release_consumer(loaded, KEYS, "g", "never-seen")
+    consumers = await loaded.xinfo_consumers(KEYS.stream, "g")
+    assert [(c["name"], c["pending"]) for c in consumers] == [(b"busy", 1)]
 
 
 async def test_one_call_answers_each_segment_on_its_own(loaded: Redis) -> None:
@@ -82,7 +143,7 @@ async def test_one_call_answers_each_segment_on_its_own(loaded: Redis) -> None:
             Segment(EVENTS[10:13]),
             Segment(EVENTS[20:21], stored),  # a repeat
             Segment(EVENTS[30:31], Idempotency(stored.key, 60_000, "hash-b")),  # other body
-            Segment(EVENTS[40:42], rate_limit=spent),  # over its limit
+            Segment(EVENTS[40:41], rate_limit=spent),  # over its limit
             Segment(EVENTS[45:46], rate_limit=RateLimit(KEYS.rate_limit("idle"), 1, 60_000)),
         ],
     )
@@ -193,11 +254,21 @@ async def test_a_repeat_is_not_counted_against_the_rate_limit(loaded: Redis) -> 
     assert again == Duplicate(first.ids, b"")
 
 
-async def test_a_batch_larger_than_the_limit_passes_in_an_empty_window(loaded: Redis) -> None:
+async def test_a_batch_larger_than_the_whole_limit_never_passes(loaded: Redis) -> None:
     limit = RateLimit(KEYS.rate_limit("big"), limit=10, window_ms=60_000)
-    assert isinstance(await append_one(loaded, Segment(EVENTS, rate_limit=limit)), Appended)
-    reply = await append_one(loaded, Segment(EVENTS[:1], rate_limit=limit))
-    assert isinstance(reply, RateLimited)
+    assert await append_one(loaded, Segment(EVENTS, rate_limit=limit)) == OverLimit(10)
+    assert await loaded.xlen(KEYS.stream) == 0
+    # ... and costs nothing of the window's budget.
+    reply = await append_one(loaded, Segment(EVENTS[:10], rate_limit=limit))
+    assert isinstance(reply, Appended)
+
+
+async def test_a_batch_that_does_not_fit_what_is_left_is_refused_whole(loaded: Redis) -> None:
+    limit = RateLimit(KEYS.rate_limit("rest"), limit=10, window_ms=60_000)
+    assert isinstance(await append_one(loaded, Segment(EVENTS[:7], rate_limit=limit)), Appended)
+    assert isinstance(await append_one(loaded, Segment(EVENTS[:4], rate_limit=limit)), RateLimited)
+    assert isinstance(await append_one(loaded, Segment(EVENTS[:3], rate_limit=limit)), Appended)
+    assert await loaded.xlen(KEYS.stream) == 10
 
 
 async def _read(redis: Redis, consumer: str, count: int) -> list[bytes]:

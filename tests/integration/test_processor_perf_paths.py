@@ -77,10 +77,32 @@ def test_madd_command_is_byte_for_byte_what_redis_py_would_send() -> None:
     for s in samples:
         known.setdefault(s.metric, {})[s.source] = packed_pair(KEYS, s.metric, s.source)
     expected = ["TS.MADD"]
-    for metric, source, ts, value in samples:
-        raw, source_raw = series_pair(KEYS, metric, source)
-        expected += [raw, ts, value, source_raw, ts, value]  # type: ignore[list-item]
-    assert madd_command(samples, known) == redis_py_packed(*expected)
+    for metric, source, ts, value in samples:  # the per-device elements first ...
+        expected += [series_pair(KEYS, metric, source)[1], ts, value]  # type: ignore[list-item]
+    for metric, source, ts, value in samples:  # ... then the per-metric ones
+        expected += [series_pair(KEYS, metric, source)[0], ts, value]  # type: ignore[list-item]
+    for collapse in (True, False):  # nothing to collapse here: both the same
+        command, elements = madd_command(samples, known, collapse=collapse)
+        assert command == redis_py_packed(*expected)
+        assert elements == [(known[s.metric][s.source][0], s.timestamp_ms) for s in samples]
+
+
+def test_madd_command_writes_one_per_metric_sample_per_timestamp_the_last() -> None:
+    samples = [
+        Sample("cpu", "a", BASE_MS, 1.0),
+        Sample("cpu", "b", BASE_MS, 2.0),
+        Sample("cpu", "c", BASE_MS + 1, 3.0),
+        Sample("cpu", "d", BASE_MS, 4.0),
+    ]
+    known: KnownSeries = {"cpu": {s.source: packed_pair(KEYS, "cpu", s.source) for s in samples}}
+    command, elements = madd_command(samples, known)
+    raw = series_pair(KEYS, "cpu", "a")[0]
+    expected = ["TS.MADD"]
+    for s in samples:
+        expected += [series_pair(KEYS, "cpu", s.source)[1], s.timestamp_ms, s.value]  # type: ignore[list-item]
+    expected += [raw, BASE_MS, 4.0, raw, BASE_MS + 1, 3.0]  # type: ignore[list-item]
+    assert command == redis_py_packed(*expected)
+    assert [ts for _, ts in elements] == [BASE_MS, BASE_MS + 1]
 
 
 def test_madd_command_needs_every_pair_to_be_known() -> None:

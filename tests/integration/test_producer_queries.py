@@ -91,6 +91,16 @@ async def test_process_reads_at_most_count_new_entries(client: Client, redis: Re
     assert nothing == {"read": 0, "processed": 0, "dead_lettered": 0, "acked": 0}
 
 
+async def test_process_leaves_no_consumer_behind_whatever_names_callers_invent(
+    client: Client, redis: Redis
+) -> None:
+    await post_event(client)
+    for n in range(20):
+        await process(client, consumer=f"made-up-{n}")
+
+    assert await redis.xinfo_consumers(STREAM, GROUP) == []
+
+
 async def test_process_recreates_a_deleted_group(client: Client, redis: Redis) -> None:
     await redis.delete(STREAM)
     await redis.xadd(STREAM, {k.FIELD_SOURCE: b"s", k.FIELD_METRIC: b"cpu", k.FIELD_VALUE: b"3"})
@@ -110,6 +120,7 @@ async def test_process_recreates_a_deleted_group(client: Client, redis: Redis) -
         {"consumer": "worker-1", "count": 0},
         {"consumer": "worker-1", "count": 10_001},
         {"consumer": "worker-1", "count": "10"},
+        {"consumer": "worker-1", "count": 10.5},
         {"count": 10},
     ],
     ids=repr,
@@ -129,6 +140,18 @@ async def test_process_rejects_an_invalid_request_with_422(
 
 async def test_process_accepts_the_largest_count(client: Client) -> None:
     assert (await process(client, count=10_000, consumer="a.b:c@d/e_f-1"))["read"] == 0
+
+
+async def test_process_accepts_an_integral_count_written_as_a_float(client: Client) -> None:
+    # JSON Schema (and the OpenAPI document) calls 482.0 an integer; it was a 422.
+    await post_event(client)
+
+    response = await client.post(
+        "/api/ingest/workers/process", json={"consumer": "w1", "count": 482.0}
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["processed"] == 1
 
 
 # --- GET /api/ingest/summary --------------------------------------------------------------

@@ -79,6 +79,18 @@ async def test_the_limit_counts_events_not_requests(
     assert await redis.xlen(STREAM) == 10
 
 
+async def test_a_batch_larger_than_the_whole_limit_is_413_and_costs_no_budget(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    # The measured bypass: a 10,000-event array passed whenever the window was empty.
+    huge = await client.post(URL, json=[EVENT] * (LIMIT + 1), headers=auth())
+
+    assert huge.status_code == 413, huge.text
+    assert "can never be accepted" in huge.json()["detail"]
+    assert await redis.xlen(STREAM) == 0
+    assert (await client.post(URL, json=[EVENT] * LIMIT, headers=auth())).status_code == 200
+
+
 async def test_each_api_key_has_its_own_budget(client: httpx.AsyncClient, redis: Redis) -> None:
     for _ in range(LIMIT):
         await client.post(URL, json=EVENT, headers=auth(KEY_A))
@@ -96,6 +108,23 @@ async def test_concurrent_requests_never_exceed_the_limit(
 
     assert sorted(r.status_code for r in responses) == [200] * LIMIT + [429] * (2 * LIMIT)
     assert await redis.xlen(STREAM) == LIMIT
+
+
+async def test_without_auth_each_client_address_has_its_own_budget(
+    redis: Redis, redis_url: str
+) -> None:
+    settings = Settings(redis_url=redis_url, rate_limit=LIMIT, rate_window_ms=WINDOW_MS)
+    app = build_app(settings)
+
+    def from_address(host: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(host, 40000))  # type: ignore[arg-type]
+        return httpx.AsyncClient(transport=transport, base_url="http://producer")
+
+    async with app.lifespan(), from_address("10.0.0.1") as one, from_address("10.0.0.2") as two:
+        assert (await one.post(URL, json=[EVENT] * LIMIT)).status_code == 200
+        assert_rate_limited(await one.post(URL, json=EVENT))
+        assert (await two.post(URL, json=[EVENT] * LIMIT)).status_code == 200
+    assert await redis.xlen(STREAM) == 2 * LIMIT
 
 
 # --- two producer processes ------------------------------------------------------------

@@ -147,6 +147,42 @@ async def test_listing_rejects_bad_parameters(client: Client, params: dict[str, 
     assert response.status_code == 422, response.text
 
 
+@pytest.mark.parametrize("before", ["0-0", "00-000"])
+async def test_nothing_is_older_than_the_first_id(
+    client: Client, redis: Redis, before: str
+) -> None:
+    # Redis refuses "(0-0" as the end of a range: this was a 500.
+    await dead_letter(redis, fields())
+
+    response = await client.get("/api/ingest/dead-letters", params={"before": before})
+
+    assert (response.status_code, response.json()) == (200, {"deadLetters": [], "next": None})
+
+
+TOO_LONG_ID = "99999999999999999999-0"  # more than 64 bits: Redis refuses to parse it
+
+
+async def test_ids_past_64_bits_are_422_not_500(client: Client, redis: Redis) -> None:
+    await dead_letter(redis, fields())
+
+    listed = await client.get("/api/ingest/dead-letters", params={"before": TOO_LONG_ID})
+    deleted = await client.delete(f"/api/ingest/dead-letters/{TOO_LONG_ID}")
+    replayed = await client.post(REPLAY, json={"ids": [TOO_LONG_ID]})
+    largest = await client.delete("/api/ingest/dead-letters/9999999999999999999-0")
+
+    assert (listed.status_code, deleted.status_code, replayed.status_code) == (422, 422, 422)
+    assert largest.status_code == 404
+    assert await redis.xlen(DL) == 1
+
+
+async def test_options_names_every_method_of_the_dead_letters_path(client: Client) -> None:
+    # Litestar answered `Allow: GET, OPTIONS` here, leaving out DELETE (the purge).
+    response = await client.options("/api/ingest/dead-letters")
+
+    assert response.status_code == 204
+    assert response.headers["allow"] == "DELETE, GET, OPTIONS"
+
+
 async def test_an_empty_dead_letter_stream_lists_nothing(client: Client) -> None:
     body = (await client.get("/api/ingest/dead-letters")).json()
     assert body == {"deadLetters": [], "next": None}
@@ -234,6 +270,8 @@ async def test_payloads_that_are_not_objects_of_strings_stay(client: Client, red
         {"ids": ["x)"]},
         {"ids": ["1-0"] * 10_001},
         {"ids": "1-0"},
+        {"ids": None, "all": False},
+        {"all": True, "max": 2.5},
     ],
     ids=lambda b: repr(b)[:40],
 )
@@ -246,6 +284,19 @@ async def test_replay_rejects_bad_bodies_with_422(
 
     assert response.status_code == 422, response.text
     assert await redis.xlen(DL) == 1
+
+
+async def test_replay_takes_an_integral_max_written_as_a_float(
+    client: Client, redis: Redis
+) -> None:
+    # JSON Schema calls 2.0 an integer, as the document says max is.
+    for _ in range(3):
+        await dead_letter(redis, fields())
+
+    response = await client.post(REPLAY, json={"all": True, "max": 2.0})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["replayed"] == 2
 
 
 async def test_replay_rejects_malformed_json_and_other_content_types(client: Client) -> None:

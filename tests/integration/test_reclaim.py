@@ -9,6 +9,7 @@ import pytest
 
 from ingest_shared.redis_client import call
 from ingest_shared.settings import Settings
+from ingest_worker.reader import StreamReader
 from ingest_worker.reclaim import MAX_DELIVERIES_REASON, Reclaimer
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ async def owners(redis: Redis) -> dict[bytes, bytes]:
 
 @pytest.mark.usefixtures("group")
 async def test_only_entries_idle_longer_than_claim_idle_ms_are_claimed(redis: Redis) -> None:
-    reclaimer = Reclaimer(redis, SETTINGS)
+    reclaimer = Reclaimer(redis, SETTINGS, StreamReader(redis, SETTINGS))
     [entry_id] = await leave_pending(redis, 1)
 
     assert (await reclaimer.claim()).entries == []
@@ -60,7 +61,7 @@ async def test_only_entries_idle_longer_than_claim_idle_ms_are_claimed(redis: Re
 
 @pytest.mark.usefixtures("group")
 async def test_reclaim_keeps_its_cursor_between_runs(redis: Redis) -> None:
-    reclaimer = Reclaimer(redis, SETTINGS)
+    reclaimer = Reclaimer(redis, SETTINGS, StreamReader(redis, SETTINGS))
     ids = await leave_pending(redis, 5)
     await idle()
 
@@ -76,7 +77,7 @@ async def test_reclaim_keeps_its_cursor_between_runs(redis: Redis) -> None:
 
 @pytest.mark.usefixtures("group")
 async def test_entries_deleted_while_pending_are_reported_without_fields(redis: Redis) -> None:
-    reclaimer = Reclaimer(redis, SETTINGS)
+    reclaimer = Reclaimer(redis, SETTINGS, StreamReader(redis, SETTINGS))
     deleted, kept = await leave_pending(redis, 2)
     await redis.xdel(STREAM, deleted)
     await idle()
@@ -90,7 +91,7 @@ async def test_entries_deleted_while_pending_are_reported_without_fields(redis: 
 async def test_entry_delivered_more_than_max_deliveries_is_forced_to_the_dead_letter(
     redis: Redis,
 ) -> None:
-    reclaimer = Reclaimer(redis, SETTINGS)
+    reclaimer = Reclaimer(redis, SETTINGS, StreamReader(redis, SETTINGS))
     poison, healthy = await leave_pending(redis, 2)
     # Two more deliveries of the first entry only: 3 in all, the limit. Claiming makes it 4.
     for _ in range(2):

@@ -9,6 +9,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from ingest_shared.acl import DEFAULT_USERS, Role, acl_file_line, setuser_command
 from ingest_shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,3 +88,22 @@ def test_compose_restarts_services_and_checks_the_workers_health_endpoint() -> N
     assert "ports" not in worker  # scaled workers would collide on a published port
     assert "/health" in " ".join(worker["healthcheck"]["test"])
     assert worker["environment"]["INGEST_WORKER_HTTP_HOST"] == "0.0.0.0"
+
+
+def test_compose_acl_file_is_what_the_acl_module_makes_and_compose_uses_it() -> None:
+    expected = ["user default off"] + [
+        acl_file_line(role, f"change-me-{role.value}", Settings().key_prefix) for role in Role
+    ]
+    assert (ROOT / "deploy" / "redis" / "users.acl").read_text().splitlines() == expected
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    assert "/etc/redis/users.acl" in services["redis"]["command"]
+    for name, role in (("producer", Role.PRODUCER), ("worker", Role.WORKER)):
+        url = services[name]["environment"]["REDIS_URL"]
+        assert url.startswith(f"redis://{DEFAULT_USERS[role]}:change-me-{role.value}@"), url
+
+
+def test_readme_acl_lines_are_what_the_acl_module_makes() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for role in Role:
+        line = setuser_command(role, f"{role.value.upper()}_PASSWORD", Settings().key_prefix)
+        assert line in readme, role

@@ -9,6 +9,9 @@ on ``LD_LIBRARY_PATH`` for the server only.
 Use :class:`LocalRedis` as a context manager, or run it in the foreground::
 
     python -m ingest_devtools.localredis --port 6379 --dir .run/redis --appendonly
+
+With :class:`TlsFiles` the server speaks TLS only (``rediss://``; the binaries are built with
+TLS), optionally requiring client certificates.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Self
 
@@ -40,6 +45,7 @@ __all__ = [
     "NO_EMBEDDED_REDIS",
     "LocalRedis",
     "LocalRedisError",
+    "TlsFiles",
     "benchmark_binary",
     "cli_binary",
     "embedded_available",
@@ -277,13 +283,48 @@ def _free_port() -> int:
         return port
 
 
-def ping(port: int, host: str = HOST, timeout: float = 1.0) -> bool:
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """TLS for :class:`LocalRedis`: its certificate and key, and the CA its clients' certificates
+    must be signed by (``tls-ca-cert-file``).
+
+    ``require_client_cert`` sets ``tls-auth-clients yes``. The readiness check presents ``cert``
+    as its own client certificate, so with it the certificate must allow client authentication
+    (no extendedKeyUsage, or one naming clientAuth as well as serverAuth).
+    """
+
+    cert: Path
+    key: Path
+    ca: Path
+    require_client_cert: bool = False
+
+    def server_args(self) -> list[str]:
+        # Absolute: redis-server changes into its --dir before it reads them.
+        return [
+            "--tls-cert-file", str(Path(self.cert).resolve()),
+            "--tls-key-file", str(Path(self.key).resolve()),
+            "--tls-ca-cert-file", str(Path(self.ca).resolve()),
+            "--tls-auth-clients", "yes" if self.require_client_cert else "no",
+        ]  # fmt: skip
+
+    def ping_context(self) -> ssl.SSLContext:
+        """Trusts ``ca``, skips the host name (a readiness check, not a client), shows ``cert``."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.check_hostname = False
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+def ping(port: int, host: str = HOST, timeout: float = 1.0, tls: TlsFiles | None = None) -> bool:
     """True if a Redis at host:port answers PONG (False while it is still loading)."""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            tls.ping_context().wrap_socket(raw) if tls else raw as sock,
+        ):
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
-    except OSError:
+    except OSError:  # ssl.SSLError included: a handshake refused is "not ready"
         return False
 
 
@@ -293,6 +334,7 @@ class LocalRedis:
     `port=None` picks a free port once, so a restart after :meth:`kill` reuses it.
     `appendonly=True` enables the AOF (fsync every second), which `WAITAOF` needs;
     otherwise nothing is persisted. `extra_args` are appended and win over the defaults.
+    With `tls`, `port` is a TLS port and there is no plain one (`url` is then `rediss://`).
     """
 
     def __init__(
@@ -301,16 +343,19 @@ class LocalRedis:
         port: int | None = None,
         appendonly: bool = False,
         extra_args: Sequence[str] = (),
+        tls: TlsFiles | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port if port is not None else _free_port()
         self.appendonly = appendonly
         self.extra_args = tuple(extra_args)
+        self.tls = tls
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{HOST}:{self.port}/0"
 
     @property
     def log_file(self) -> Path:
@@ -333,9 +378,14 @@ class LocalRedis:
             if self.appendonly
             else ["--save", "", "--appendonly", "no"]
         )
+        ports = (
+            ["--port", "0", "--tls-port", str(self.port), *self.tls.server_args()]
+            if self.tls
+            else ["--port", str(self.port)]
+        )
         return [
             str(server_binary()),
-            "--port", str(self.port),
+            *ports,
             "--bind", HOST,
             "--dir", str(self.data_dir),
             "--logfile", str(self.log_file),
@@ -363,7 +413,7 @@ class LocalRedis:
                 process_group=0,
             )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not ping(self.port):
+        while not ping(self.port, tls=self.tls):
             if self._process.poll() is not None:
                 raise LocalRedisError(
                     f"redis-server exited with {self._process.returncode}\n{self.log_tail()}"
@@ -427,13 +477,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=6379)
     parser.add_argument("--dir", type=Path, default=Path(".run/redis"), help="data directory")
     parser.add_argument("--appendonly", action="store_true", help="persist with an AOF")
+    tls = parser.add_argument_group("TLS (all three files, or none: plain TCP)")
+    tls.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
+    tls.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    tls.add_argument("--tls-ca", type=Path, help="CA that signs client certificates (PEM)")
+    tls.add_argument("--tls-auth-clients", action="store_true", help="require client certificates")
     args = parser.parse_args(argv)
+    tls_paths = (args.tls_cert, args.tls_key, args.tls_ca)
+    if any(tls_paths) and not all(tls_paths):
+        parser.error("--tls-cert, --tls-key and --tls-ca go together")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    server = LocalRedis(args.dir, port=args.port, appendonly=args.appendonly)
+    tls_files = (
+        TlsFiles(args.tls_cert, args.tls_key, args.tls_ca, args.tls_auth_clients)
+        if all(tls_paths)
+        else None
+    )
+    server = LocalRedis(args.dir, port=args.port, appendonly=args.appendonly, tls=tls_files)
     try:
         server.start()
     except LocalRedisError as exc:

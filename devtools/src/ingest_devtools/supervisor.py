@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
@@ -152,10 +152,18 @@ def _start_embedded_redis(root: Path) -> LocalRedis:
         raise StartError(str(exc)) from None
 
 
-def check_redis(url: str, timeout: float = REDIS_ANSWER_TIMEOUT_SECONDS) -> None:
-    """Raise StartError (credentials masked) unless the Redis at ``url`` answers PING in time."""
+def check_redis(
+    url: str,
+    timeout: float = REDIS_ANSWER_TIMEOUT_SECONDS,
+    tls_options: dict[str, Any] | None = None,
+) -> None:
+    """Raise StartError (credentials masked) unless the Redis at ``url`` answers PING in time.
+
+    ``tls_options`` are redis-py's ``ssl_*`` arguments for a ``rediss://`` URL.
+    """
     shown = mask_url(url)
-    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    extra = tls_options if url.startswith("rediss://") and tls_options else {}
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0, **extra)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -301,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say(str(exc))
             return EXIT_CONFIGURATION
         if env.get("REDIS_URL", "").strip():
-            check_redis(settings.redis_url)
+            check_redis(settings.redis_url, tls_options=settings.redis_tls.redis_kwargs())
         else:
             redis_server = _start_embedded_redis(root)
             env["REDIS_URL"] = redis_server.url

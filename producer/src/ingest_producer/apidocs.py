@@ -11,9 +11,10 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.static_files import create_static_files_router
+
+from ingest_producer.openapi import PublishedOpenAPIConfig
 
 if TYPE_CHECKING:
     from litestar import Router
@@ -63,9 +64,10 @@ class OfflineSwaggerPlugin(SwaggerRenderPlugin):
         )
 
 
-def api_docs_config(*, title: str, version: str, description: str) -> OpenAPIConfig:
-    """``/schema`` (Swagger UI, also at ``/schema/swagger``), ``/schema/openapi.json``."""
-    return OpenAPIConfig(
+def api_docs_config(*, title: str, version: str, description: str) -> PublishedOpenAPIConfig:
+    """``/schema`` (Swagger UI, also at ``/schema/swagger``), ``/schema/openapi.json``: the
+    document with ECMA-262 patterns (see ``ingest_producer.openapi``)."""
+    return PublishedOpenAPIConfig(
         title=title,
         version=version,
         description=description,

@@ -23,12 +23,13 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ingest_shared.exceptions import OutcomeUnknownError
 from ingest_shared.functions import (
     NO_FUNCTION,
+    PRODUCER_LIBRARY,
     Appended,
     Duplicate,
     RawSegmentReply,
@@ -36,7 +37,7 @@ from ingest_shared.functions import (
     SegmentReply,
     append_command,
     fcall,
-    load_functions,
+    load_library,
     parse_append_reply,
 )
 from ingest_shared.schema import Base
@@ -85,7 +86,7 @@ class EventAppender:
 
     async def load(self) -> None:
         """Load the Redis Function library (also done on demand when Redis lost it)."""
-        await load_functions(self._redis)
+        await load_library(self._redis, PRODUCER_LIBRARY)
 
     async def append(
         self,
@@ -150,7 +151,8 @@ class EventAppender:
     async def _call(self, command: list[EncodableT]) -> tuple[list[SegmentReply], str | None]:
         """Run the FCALL (and the durability wait); the replies and why they are not durable."""
         if self._wait is None:
-            return parse_append_reply(await fcall(self._redis, *command)), None
+            reply = await fcall(self._redis, PRODUCER_LIBRARY, *command)
+            return parse_append_reply(reply), None
         try:
             reply, waited = await self._pipeline(command)
         except ResponseError as exc:
@@ -196,6 +198,8 @@ class DurabilityWait:
     def problem(self, reply: object) -> str | None:
         """None if ``reply`` confirms the write, else a sentence saying why it does not."""
         name = self.name
+        if isinstance(reply, NoPermissionError):
+            return f"{name} was refused by this user's ACL ({reply})"
         if isinstance(reply, Exception):
             hint = " (WAITAOF needs appendonly yes on the server)" if name == "WAITAOF" else ""
             return f"{name} failed: {reply}{hint}"

@@ -49,6 +49,7 @@ def build_app(settings: Settings, multiprocess_dir: str | None = None) -> Litest
         # A durable write waits up to durability_timeout_ms inside Redis (WAITAOF/WAIT).
         socket_timeout=max(REDIS_SOCKET_TIMEOUT_S, settings.durability_timeout_ms / 1000 + 0.5),
         connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        tls=settings.redis_tls,
     )
 
     @asynccontextmanager

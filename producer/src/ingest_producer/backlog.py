@@ -21,7 +21,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from ingest_producer import metrics
 from ingest_shared.schema import now_ms
@@ -55,10 +55,20 @@ class BacklogMonitor:
         self._stream = stream
         self._group = group
         self._dead_letter = dead_letter
+        self._may_create_group = True
         self.max_backlog = max_backlog
         self.backlog: int | None = None
         self.overloaded = False
         self._stopping = asyncio.Event()
+
+    async def _create_group(self) -> bool:
+        """ensure_group, unless this user may not (a read-only user: then only say so once)."""
+        try:
+            return await ensure_group(self._redis, self._stream, self._group)
+        except NoPermissionError as exc:
+            self._may_create_group = False
+            logger.warning("group_recreation_refused_by_acl", error=str(exc))
+            return False
 
     async def refresh(self) -> None:
         """Read the group's lag and pending count once (one round trip)."""
@@ -72,20 +82,21 @@ class BacklogMonitor:
         groups, length, *sampled = await pipe.execute(raise_on_error=False)
         if isinstance(length, RedisError):
             raise length
-        if isinstance(groups, RedisError) or _find_group(groups, self._group) is None:
-            # The stream or the group is missing: Redis lost it, or nothing was set up yet.
-            if await ensure_group(self._redis, self._stream, self._group):
-                metrics.GROUP_RECREATED.inc()
-                logger.error(
-                    "consumer_group_recreated",
-                    stream=self._stream,
-                    group=self._group,
-                    detail=(
-                        "the consumer group was missing (Redis restarted without persistence, "
-                        "failed over to an empty replica, or was flushed); recreated at ID 0 so "
-                        "the workers process everything in the stream"
-                    ),
-                )
+        missing = isinstance(groups, RedisError) or _find_group(groups, self._group) is None
+        # The stream or the group is missing: Redis lost it, or nothing was set up yet.
+        if missing and self._may_create_group and await self._create_group():
+            metrics.GROUP_RECREATED.inc()
+            logger.error(
+                "consumer_group_recreated",
+                stream=self._stream,
+                group=self._group,
+                detail=(
+                    "the consumer group was missing (Redis restarted without persistence, "
+                    "failed over to an empty replica, or was flushed); recreated at ID 0 so "
+                    "the workers process everything in the stream"
+                ),
+            )
+        if missing:
             groups = []
         self.backlog = _backlog_of(groups, self._group, int(length))
         self.overloaded = self.backlog > self.max_backlog

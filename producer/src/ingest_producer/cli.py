@@ -1,4 +1,7 @@
-"""``ingest-producer``: serve the API with uvicorn on INGEST_HTTP_HOST:INGEST_HTTP_PORT."""
+"""``ingest-producer``: serve the API with uvicorn on INGEST_HTTP_HOST:INGEST_HTTP_PORT.
+
+The HTTP limits (INGEST_HTTP_*) are uvicorn's keep-alive timeout plus ``serving``'s protocol.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from ingest_producer import serving
 from ingest_producer.asgi import MULTIPROC_DIR_VARIABLE, build_app
 from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.logconfig import configure_logging
@@ -64,11 +68,14 @@ def main() -> None:
         print(f"ingest-producer: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIGURATION) from None
     configure_logging(settings.log_level, settings.log_format)
+    guard = serving.guard_for(settings, serving.fit_descriptor_limit(settings.http_max_connections))
     options: dict[str, Any] = {
         "host": settings.http_host,
         "port": settings.http_port,
         "loop": "auto",  # uvloop when installed
-        "http": "auto",  # httptools when installed
+        "http": serving.http_protocol(guard),  # uvicorn's httptools protocol, limited
+        "ws": "none",  # no WebSocket routes: Upgrade requests are served as plain HTTP
+        "timeout_keep_alive": settings.http_keepalive_s,
         "lifespan": "on",
         "access_log": False,
         "log_config": None,  # keep the structlog setup above

@@ -7,26 +7,39 @@ No ``from __future__ import annotations`` here: Litestar reads handler annotatio
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, delete, get, post
+from litestar import HttpMethod, Request, Response, delete, get, post, route
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
 
 from ingest_producer.auth import ACCESS_OPT, Access
 from ingest_producer.errors import error_responses
 from ingest_producer.jsonbody import decode_json, require_json
-from ingest_producer.models import DeadLetterPage, Deleted, ReplayRequest, ReplayResult
+from ingest_producer.models import (
+    STREAM_ID_PATTERN,
+    DeadLetterPage,
+    Deleted,
+    ReplayRequest,
+    ReplayResult,
+)
 from ingest_producer.openapi import ParameterOperation, json_body_operation
 from ingest_producer.reading import deadletters
 from ingest_producer.reading.context import ReadContext
-from ingest_producer.reading.params import STREAM_ID_PATTERN_DOC
 
 REPLAY_DECODER = msgspec.json.Decoder(ReplayRequest)
 _REPLAY_BODY = json_body_operation(
     ReplayRequest,
     '`{"ids": [dead-letter ids]}` or `{"all": true, "max": n}` (the oldest n, default '
     "1000, at most 10000).",
+    # Exactly one of the two (else 422): what deadletters.replay checks.
+    constraints={
+        "oneOf": [
+            {"required": ["ids"], "properties": {"ids": {"type": "array"}}},
+            {"required": ["all"], "properties": {"all": {"const": True}}},
+        ]
+    },
 )
-_ID_DOC = {"pattern": STREAM_ID_PATTERN_DOC, "max_length": 41}
+# Documented only: reading.params checks ids, and says what is wrong in words.
+_ID_DOC = {"schema_extra": {"pattern": STREAM_ID_PATTERN}}
 
 
 def dead_letter_routes(ctx: ReadContext) -> list[HTTPRouteHandler]:
@@ -109,4 +122,12 @@ def dead_letter_routes(ctx: ReadContext) -> list[HTTPRouteHandler]:
     ) -> Deleted:
         return await deadletters.purge(ctx, olderThanMs)
 
-    return [list_dead_letters, replay, delete_dead_letter, purge_dead_letters]
+    allow = ", ".join(sorted({*list_dead_letters.http_methods, *purge_dead_letters.http_methods}))
+
+    # Litestar 2.25 answers OPTIONS on a path from the handler registered there first, so
+    # `Allow` would name GET only; an OPTIONS handler registered before both names both.
+    @route("/api/ingest/dead-letters", http_method=HttpMethod.OPTIONS, include_in_schema=False)
+    async def dead_letters_options() -> Response[None]:
+        return Response(None, status_code=204, headers={"Allow": f"{allow}, OPTIONS"})
+
+    return [dead_letters_options, list_dead_letters, replay, delete_dead_letter, purge_dead_letters]

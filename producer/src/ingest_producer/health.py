@@ -12,13 +12,14 @@ from redis.exceptions import RedisError
 from ingest_producer.backlog import BacklogMonitor
 from ingest_producer.models import Health
 from ingest_shared.exceptions import ConfigurationError
-from ingest_shared.redis_client import call
+from ingest_shared.keys import Keys
+from ingest_shared.redis_client import call, tls_failure
 from ingest_shared.timeseries import check_timeseries
 
 OK = Health("ok")
 
 
-def health_routes(redis: Redis, backlog: BacklogMonitor) -> list[HTTPRouteHandler]:
+def health_routes(redis: Redis, keys: Keys, backlog: BacklogMonitor) -> list[HTTPRouteHandler]:
     """Liveness and readiness probes."""
 
     @get("/health", tags=["health"], summary="Alive: always 200 while the process serves")
@@ -39,11 +40,16 @@ def health_routes(redis: Redis, backlog: BacklogMonitor) -> list[HTTPRouteHandle
     async def ready() -> Response[Health]:
         try:
             await call(redis, "PING")
-            await check_timeseries(redis)
+            await check_timeseries(redis, keys)
         except ConfigurationError as exc:
             reason = str(exc)
         except (RedisError, OSError) as exc:
-            reason = f"redis unavailable: {type(exc).__name__}: {exc}"
+            refused = tls_failure(exc)
+            reason = (
+                f"redis unavailable: {type(exc).__name__}: {exc}"
+                if refused is None
+                else f"TLS to Redis failed: {refused}"
+            )
         else:
             # Overload stays "ready": writes get 503 + Retry-After, which a client can act on,
             # while an unready producer would be dropped from its load balancer altogether.

@@ -33,11 +33,20 @@ from ingest_producer.jsonbody import (
     ingest_headers,
     require_json,
 )
-from ingest_producer.models import Enqueued, ErrorBody, FieldError, ProcessRequest
+from ingest_producer.models import Enqueued, ErrorBody, FieldError, Processed, ProcessRequest
 from ingest_producer.openapi import ingest_operation, json_body_operation
 from ingest_shared.exceptions import InvalidEventError
-from ingest_shared.functions import Appended, Conflict, Duplicate, Idempotency, RateLimit
-from ingest_shared.processor import BatchProcessor, BatchResult
+from ingest_shared.functions import (
+    Appended,
+    Conflict,
+    Duplicate,
+    Idempotency,
+    OverLimit,
+    RateLimit,
+    release_consumer,
+)
+from ingest_shared.keys import Keys
+from ingest_shared.processor import BatchProcessor
 from ingest_shared.redis_client import call
 from ingest_shared.schema import (
     EVENT_DECODER,
@@ -64,8 +73,9 @@ _INGEST_ERRORS = {
     code: ResponseSpec(ErrorBody, description=description, generate_examples=False)
     for code, description in {
         413: (
-            "Body larger than INGEST_MAX_BODY_BYTES as sent or once decompressed, or more than "
-            "INGEST_MAX_BATCH events; nothing was enqueued"
+            "Body larger than INGEST_MAX_BODY_BYTES as sent or once decompressed, more than "
+            "INGEST_MAX_BATCH events, or more events than INGEST_RATE_LIMIT allows in a whole "
+            "window (such a request can never pass: split it); nothing was enqueued"
         ),
         415: (
             "Content-Type is not JSON (application/json, application/*+json) or "
@@ -77,8 +87,10 @@ _INGEST_ERRORS = {
             "Idempotency-Key"
         ),
         429: (
-            "More events than INGEST_RATE_LIMIT allows this API key in the current window "
-            "(shared by every producer); nothing was enqueued; retry after `Retry-After` seconds"
+            "The request's events do not fit in what is left of INGEST_RATE_LIMIT's current "
+            "window for this API key (for this client address when auth is off), counted in "
+            "events and shared by every producer; nothing was enqueued; the whole request fits "
+            "after `Retry-After` seconds"
         ),
         503: (
             "Retry after `Retry-After` seconds; `detail` says which case applies. NOT "
@@ -132,8 +144,29 @@ class Guards:
             )
         limit = None
         if self._rate_limit:
-            limit = RateLimit(self._keys.rate_limit(client), self._rate_limit, self._rate_window_ms)
+            # Without API keys, each client address has its own budget (behind a proxy, set
+            # uvicorn's forwarded-allow-ips so the address is the client's, not the proxy's).
+            bucket = client if client != ANONYMOUS else _address(request)
+            limit = RateLimit(self._keys.rate_limit(bucket), self._rate_limit, self._rate_window_ms)
         return idempotency, limit
+
+    def check_size(self, events: int) -> None:
+        """413 for a request with more events than the whole rate-limit window allows."""
+        if self._rate_limit and events > self._rate_limit:
+            raise _over_limit(events, self._rate_limit)
+
+
+def _address(request: Request[Any, Any, Any]) -> str:
+    client = request.client
+    return f"addr:{client.host}" if client is not None else "addr:unknown"
+
+
+def _over_limit(events: int, limit: int) -> HTTPException:
+    detail = (
+        f"{events} events in one request, but INGEST_RATE_LIMIT allows {limit} per window: "
+        "it can never be accepted; split it into smaller requests. Nothing was enqueued"
+    )
+    return HTTPException(detail=detail, status_code=413)
 
 
 def accept_batch(window: TimeWindow, events: list[TelemetryEvent]) -> list[EventOut]:
@@ -170,6 +203,7 @@ def enqueue_route(
         accepted = accept_batch(window, events)
         if not accepted:  # nothing to append, count or remember
             return _json(_batch_body([], b""))
+        guards.check_size(len(accepted))
         idempotency, limit = guards.of(request, headers, body, b"")
         try:
             result = await appender.append(accepted, idempotency, limit)
@@ -274,9 +308,14 @@ def _respond(result: AppendResult, render: Render, echo: bytes, events: int) -> 
         )
     metrics.RATE_LIMITED.inc()
     _REJECTED_RATE.inc(events)
+    if isinstance(result, OverLimit):
+        raise _over_limit(events, result.limit)
     retry_after = max(1, math.ceil(result.retry_after_ms / 1000))
     raise HTTPException(
-        detail="rate limit exceeded; nothing was enqueued",
+        detail=(
+            "rate limit exceeded: these events do not fit in what is left of this window; "
+            "nothing was enqueued, retry after Retry-After seconds"
+        ),
         status_code=429,
         headers={"Retry-After": str(retry_after)},
     )
@@ -294,9 +333,14 @@ def _overloaded(backlog: BacklogMonitor) -> HTTPException:
 
 
 def process_route(
-    redis: Redis, stream: str, group: str, processor: BatchProcessor
+    redis: Redis, keys: Keys, group: str, processor: BatchProcessor
 ) -> HTTPRouteHandler:
-    """``POST /api/ingest/workers/process``: one batch through the worker's processor."""
+    """``POST /api/ingest/workers/process``: one batch through the worker's processor.
+
+    The consumer named in the request is deleted again once it holds nothing pending, so
+    callers inventing names cannot grow the group without bound.
+    """
+    stream = keys.stream
 
     @post(
         "/api/ingest/workers/process",
@@ -307,11 +351,14 @@ def process_route(
         summary="Process up to `count` new entries once, as the worker daemon does",
         opt={ACCESS_OPT: Access.WRITE},
     )
-    async def process_entries(request: Request[Any, Any, Any]) -> BatchResult:
+    async def process_entries(request: Request[Any, Any, Any]) -> Processed:
         require_json(request.scope)
         job = decode_json(await request.body(), PROCESS_DECODER)
-        entries = await read_new_entries(redis, stream, group, job.consumer, job.count)
-        return await processor.process(entries, job.consumer)
+        # int(): typed float so that 482.0 decodes (see models.WholeCount); an int already.
+        entries = await read_new_entries(redis, stream, group, job.consumer, int(job.count))
+        result = await processor.process(entries, job.consumer)
+        await release_consumer(redis, keys, group, job.consumer)
+        return Processed(result.read, result.processed, result.dead_lettered, result.acked)
 
     return process_entries
 

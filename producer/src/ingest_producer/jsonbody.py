@@ -36,9 +36,16 @@ _IDEMPOTENCY_KEY = b"idempotency-key"
 _JSON = b"application/json"
 _NDJSON = b"application/x-ndjson"
 _GZIP = (b"gzip", b"x-gzip")
-_IDENTITY = (b"", b"identity")
-# Idempotency-Key: 1-256 printable ASCII characters (it is hashed, never stored as is).
-_PRINTABLE_KEY = re.compile(rb"\A[\x20-\x7e]{1,256}\Z")
+# Content-Encoding: gzip, x-gzip or identity, in any case (content codings are case-insensitive),
+# or empty (none). The OpenAPI document publishes this pattern.
+CONTENT_ENCODING_PATTERN = (
+    r"\A(?:[Gg][Zz][Ii][Pp]|[Xx]-[Gg][Zz][Ii][Pp]|[Ii][Dd][Ee][Nn][Tt][Ii][Tt][Yy])?\Z"
+)
+_KNOWN_ENCODING = re.compile(CONTENT_ENCODING_PATTERN.encode())
+# Idempotency-Key: 1-256 printable ASCII characters, no space at either end (HTTP strips it);
+# hashed, never stored as is. The OpenAPI document publishes this pattern.
+IDEMPOTENCY_KEY_PATTERN = r"\A[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?\Z"
+_PRINTABLE_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.encode())
 # A batch with thousands of bad events gets this many errors listed, and the count of the rest.
 MAX_LISTED_ERRORS = 100
 
@@ -96,11 +103,9 @@ def _is_ndjson(content_type: bytes) -> bool:
 
 
 def _is_gzip(content_encoding: bytes) -> bool:
-    encoding = content_encoding.strip().lower()
-    if encoding in _GZIP:
-        return True
-    if encoding in _IDENTITY:
-        return False
+    # No strip(): the HTTP server has already removed the whitespace around a header value.
+    if _KNOWN_ENCODING.match(content_encoding):
+        return content_encoding.lower() in _GZIP
     detail = f"unsupported Content-Encoding {_show(content_encoding)}; send gzip or none"
     raise HTTPException(detail=detail, status_code=415)
 
@@ -108,7 +113,8 @@ def _is_gzip(content_encoding: bytes) -> bool:
 def _idempotency_key(value: bytes) -> bytes:
     if _PRINTABLE_KEY.match(value):
         return value
-    errors = [FieldError("Idempotency-Key", "must be 1-256 printable ASCII characters")]
+    message = "must be 1-256 printable ASCII characters, not starting or ending with a space"
+    errors = [FieldError("Idempotency-Key", message)]
     raise ValidationException(detail=validation_detail(errors), status_code=422, extra=errors)
 
 

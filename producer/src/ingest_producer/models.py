@@ -6,11 +6,21 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from ingest_shared.schema import Base, EventOut
+from ingest_shared.schema import DATE_TIME_OUT, Base, EventOut
 
 # The worker's consumer-name rule (INGEST_CONSUMER_NAME): \A...\Z, never ^...$.
 Consumer = Annotated[str, msgspec.Meta(pattern=r"\A[A-Za-z0-9_.:@/\-]{1,128}\Z")]
-BatchCount = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+# 1 to 10000, any integral number: JSON Schema calls 482.0 an integer, so clients may send one,
+# while msgspec's int refuses it. A float that is a multiple of 1 takes both; __post_init__
+# turns it back into an int, and the OpenAPI document says integer (ingest_producer.openapi).
+WholeCount = Annotated[float, msgspec.Meta(ge=1, le=10_000, multiple_of=1)]
+# A full stream entry id. At most 19 digits a part: each fits the 64 bits Redis allows (20
+# digits may not, and Redis refuses the command). reading.params checks ids with it.
+STREAM_ID_PATTERN = r"\A[0-9]{1,19}-[0-9]{1,19}\Z"
+# A value read back from Redis. Stored samples are finite, but an aggregate may not be (a sum
+# past 1.8e308 is inf, an average of those NaN); msgspec writes those as null, and so the
+# schema says number or null.
+Value = float | None
 
 
 class Enqueued(Base):
@@ -31,7 +41,19 @@ class ProcessRequest(Base):
     """Drain up to ``count`` new entries once, as consumer ``consumer`` of the group."""
 
     consumer: Consumer
-    count: BatchCount = 10
+    count: WholeCount = 10
+
+    def __post_init__(self) -> None:
+        self.count = int(self.count)
+
+
+class Processed(Base):
+    """What one ``/workers/process`` call did (the tutorial's four counts)."""
+
+    read: int
+    processed: int
+    dead_lettered: int
+    acked: int
 
 
 class ConsumerInfo(Base):
@@ -60,10 +82,10 @@ class QueueSummary(Base):
 
 
 class Point(Base):
-    """The latest sample of a series."""
+    """The latest sample of a series, or a bucket; ``value`` is null when not finite."""
 
     timestampMs: int
-    value: float
+    value: Value
 
 
 class MetricSummary(Base):
@@ -154,7 +176,7 @@ class RangePoint(Base, omit_defaults=True):
     ``source``."""
 
     timestampMs: int
-    value: float
+    value: Value
     source: str | None = None
 
 
@@ -202,7 +224,7 @@ class SourceMetric(Base):
 
     metric: str
     timestampMs: int
-    value: float
+    value: Value
     stale: bool
 
 
@@ -231,7 +253,7 @@ class DeadLetter(Base):
     reason: str | None
     payload: dict[str, Any] | str | None
     consumer: str | None
-    failedAt: str | None
+    failedAt: Annotated[str, DATE_TIME_OUT] | None
 
 
 class DeadLetterPage(Base):
@@ -245,9 +267,19 @@ class ReplayRequest(Base):
     """Either ``ids`` (dead-letter ids, at most 10000) or ``all: true`` with ``max`` (the
     oldest ``max`` dead letters)."""
 
-    ids: Annotated[list[str], msgspec.Meta(max_length=10_000)] | None = None
+    # The pattern is only published: replay checks each id itself, to name the bad one.
+    ids: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(extra_json_schema={"pattern": STREAM_ID_PATTERN})]],
+            msgspec.Meta(max_length=10_000),
+        ]
+        | None
+    ) = None
     all: bool = False
-    max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1_000
+    max: WholeCount = 1_000
+
+    def __post_init__(self) -> None:
+        self.max = int(self.max)
 
 
 class StillInvalid(Base):

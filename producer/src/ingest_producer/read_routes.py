@@ -14,16 +14,21 @@ from ingest_producer.auth import ACCESS_OPT, Access, KeyRing, presented_key
 from ingest_producer.deadletter_routes import dead_letter_routes
 from ingest_producer.errors import error_responses
 from ingest_producer.models import AccessInfo, Charts, MetricList, RangeResult, SourceList
-from ingest_producer.openapi import ParameterOperation
-from ingest_producer.reading import catalog, charts, ranges
+from ingest_producer.openapi import TIME_PARAMETER, ParameterOperation
+from ingest_producer.reading import catalog, charts, params, ranges
 from ingest_producer.reading.context import ReadContext, create_read_context
-from ingest_producer.reading.params import METRIC_PATTERN_DOC, SOURCE_PATTERN_DOC
 from ingest_shared.keys import AGGREGATIONS
+from ingest_shared.schema import METRIC_PATTERN, NAME_MAX, SOURCE_PATTERN
 from ingest_shared.settings import Settings
 
 _READ = {ACCESS_OPT: Access.READ}
 _TIME = "Epoch milliseconds or an RFC 3339 time (naive = UTC)."
-_NAME_LIMITS = {"min_length": 1, "max_length": 128}
+
+
+def _name(pattern: str) -> dict[str, Any]:
+    """Documents a metric or source name; reading.params checks it, and says what is wrong in
+    words (Litestar would quote the regex)."""
+    return {"schema_extra": {"minLength": 1, "maxLength": NAME_MAX, "pattern": pattern}}
 
 
 def read_side_routes(settings: Settings, redis: Redis, ring: KeyRing) -> list[HTTPRouteHandler]:
@@ -89,20 +94,23 @@ def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
         *,
         metric: Annotated[
             str,
-            Parameter(description="Metric name", pattern=METRIC_PATTERN_DOC, **_NAME_LIMITS),
+            Parameter(description="Metric name", **_name(METRIC_PATTERN)),
         ],
         from_: Annotated[
             str | None,
-            QueryParameter(name="from", description=f"Start. {_TIME} Default: `to` - 1 h"),
+            QueryParameter(
+                name="from",
+                description=f"Start. {_TIME} Default: `to` - 1 h",
+                schema_extra=TIME_PARAMETER,
+            ),
         ] = None,
-        to: Annotated[str | None, Parameter(description=f"End. {_TIME} Default: now")] = None,
+        to: Annotated[
+            str | None,
+            Parameter(description=f"End. {_TIME} Default: now", schema_extra=TIME_PARAMETER),
+        ] = None,
         source: Annotated[
             str | None,
-            Parameter(
-                description="One device; omitted = the fleet",
-                pattern=SOURCE_PATTERN_DOC,
-                **_NAME_LIMITS,
-            ),
+            Parameter(description="One device; omitted = the fleet", **_name(SOURCE_PATTERN)),
         ] = None,
         agg: Annotated[
             str | None,
@@ -110,7 +118,8 @@ def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
                 description=(
                     f"Aggregation per bucket: one of {', '.join(AGGREGATIONS)}; omitted = raw "
                     "samples"
-                )
+                ),
+                schema_extra={"enum": list(AGGREGATIONS)},
             ),
         ] = None,
         # Named as in the query string so that validation errors name it so.
@@ -118,6 +127,8 @@ def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
             int | None,
             Parameter(
                 ge=1,
+                # Redis refuses a bucket past 64 bits (a 500 before); none is longer than time.
+                le=params.MAX_EPOCH_MS,
                 description="Bucket size in ms (with `agg` only; default: the first rollup's)",
             ),
         ] = None,
@@ -148,11 +159,7 @@ def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
         ] = "1h",
         source: Annotated[
             str | None,
-            Parameter(
-                description="One device; omitted = the fleet",
-                pattern=SOURCE_PATTERN_DOC,
-                **_NAME_LIMITS,
-            ),
+            Parameter(description="One device; omitted = the fleet", **_name(SOURCE_PATTERN)),
         ] = None,
     ) -> Charts:
         return await charts.read_charts(ctx, window, source)
@@ -173,7 +180,7 @@ def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
     async def sources(
         metric: Annotated[
             str | None,
-            Parameter(description="Only this metric", pattern=METRIC_PATTERN_DOC, **_NAME_LIMITS),
+            Parameter(description="Only this metric", **_name(METRIC_PATTERN)),
         ] = None,
         stale: Annotated[bool, Parameter(description="Only stale devices and metrics")] = False,
     ) -> SourceList:

@@ -1,5 +1,7 @@
-"""The server-side functions: batch appends (``ingest_append``), safe trimming
-(``ingest_trim``) and dead-letter replay (``ingest_replay``).
+"""The server-side functions, in two libraries so each service loads (and its ACL allows)
+only its own: the producer's (``lua/producer.lua``: batch appends ``ingest_append``,
+dead-letter replay ``ingest_replay``, ``ingest_release_consumer``) and the worker's
+(``lua/worker.lua``: safe trimming ``ingest_trim``).
 
 redis-py spends tens of microseconds of Python per pipelined command; one FCALL carrying every
 event's fields costs a fraction of that per event. One call carries several requests
@@ -9,6 +11,7 @@ appender keeps one round trip per batch while every request is checked on its ow
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -27,9 +30,27 @@ if TYPE_CHECKING:
 
     from ingest_shared.keys import Keys
 
-LIBRARY_CODE = files(__package__).joinpath("lua/telemetry_ingest.lua").read_text()
+
+@dataclass(frozen=True, slots=True)
+class Library:
+    """One Redis Function library: its name and Lua source."""
+
+    name: str
+    code: str
+
+
+def _library(name: str, file: str) -> Library:
+    return Library(name, files(__package__).joinpath(f"lua/{file}").read_text())
+
+
+PRODUCER_LIBRARY = _library("ingest_producer", "producer.lua")
+WORKER_LIBRARY = _library("ingest_worker", "worker.lua")
+# Before the split, one library held every function; function names are global, so it must
+# go before a new library can register the same names.
+LEGACY_LIBRARY = "telemetry_ingest"
 # What Redis answers when the library is not loaded (a fresh, restarted or flushed server).
 NO_FUNCTION = "Function not found"
+_ALREADY_EXISTS = "already exists"
 _FIELDS = (k.FIELD_SOURCE, k.FIELD_METRIC, k.FIELD_VALUE, k.FIELD_OCCURRED_AT)
 _MSGPACK = msgspec.msgpack.Encoder()
 
@@ -81,37 +102,58 @@ class Conflict(Base):
 
 
 class RateLimited(Base):
-    """Over the rate limit: nothing appended; the window ends in ``retry_after_ms``."""
+    """Does not fit in what is left of the window: nothing appended; the window ends in
+    ``retry_after_ms``."""
 
     retry_after_ms: int
 
 
-SegmentReply = Appended | Duplicate | Conflict | RateLimited
+class OverLimit(Base):
+    """More events than the whole window allows (``limit``): it can never pass as one request."""
+
+    limit: int
+
+
+SegmentReply = Appended | Duplicate | Conflict | RateLimited | OverLimit
 # One segment's reply as redis-py parses it: a tag, then ids or the refusal's details.
 RawSegmentReply: TypeAlias = list[bytes | int]
 _CONFLICT = Conflict()
 
 
-async def load_functions(redis: Redis) -> None:
-    """(Re)load the library; safe to call from every process at every start."""
-    await call(redis, "FUNCTION", "LOAD", "REPLACE", LIBRARY_CODE)
+async def load_library(redis: Redis, library: Library) -> None:
+    """(Re)load ``library``; safe to call from every process at every start.
+
+    A server still holding the single library of earlier releases has it deleted first (its
+    function names clash); that is the one "already exists" error tolerated here.
+    """
+    try:
+        await call(redis, "FUNCTION", "LOAD", "REPLACE", library.code)
+    except ResponseError as exc:
+        if _ALREADY_EXISTS not in str(exc):
+            raise
+        try:
+            await call(redis, "FUNCTION", "DELETE", LEGACY_LIBRARY)
+        except ResponseError:
+            raise exc from None  # the clash is with something else: report it
+        await call(redis, "FUNCTION", "LOAD", "REPLACE", library.code)
 
 
-async def fcall(redis: Redis, *args: EncodableT) -> Any:
-    """Run an FCALL, loading the library first if the server lost it (restart, FLUSHALL)."""
+async def fcall(redis: Redis, library: Library, *args: EncodableT) -> Any:
+    """Run an FCALL of a ``library`` function, loading the library first if the server lost
+    it (restart, FLUSHALL)."""
     try:
         return await call(redis, *args)
     except ResponseError as exc:
         if NO_FUNCTION not in str(exc):
             raise
-    await load_functions(redis)
+    await load_library(redis, library)
     return await call(redis, *args)
 
 
 def append_command(keys: Keys, segments: Sequence[Segment]) -> list[EncodableT]:
     """The FCALL arguments appending every segment in order (for a pipeline or :func:`fcall`).
 
-    The protocol is described at the top of ``lua/telemetry_ingest.lua``.
+    The protocol is described at the top of ``lua/producer.lua``.
     """
     fcall_keys: list[EncodableT] = [keys.stream]
     args: list[EncodableT] = [len(_FIELDS), *_FIELDS, len(segments)]
@@ -157,6 +199,8 @@ def _parse_segment(reply: RawSegmentReply) -> SegmentReply:
         return Duplicate(ids.split(b","), echo)
     if tag == b"conflict":
         return _CONFLICT
+    if tag == b"toolarge":
+        return OverLimit(int(reply[1]))
     return RateLimited(int(reply[1]))
 
 
@@ -164,14 +208,14 @@ async def append_segments(
     redis: Redis, keys: Keys, segments: Sequence[Segment]
 ) -> list[SegmentReply]:
     """Append ``segments`` in one round trip, each under its own guards."""
-    reply = await fcall(redis, *append_command(keys, segments))
+    reply = await fcall(redis, PRODUCER_LIBRARY, *append_command(keys, segments))
     return parse_append_reply(reply)
 
 
 async def trim_stream(redis: Redis, keys: Keys, keep: int) -> int:
     """XTRIM MINID to what every group has finished with, keeping ``keep`` newest; returns
     the number of entries removed."""
-    removed, _ = await fcall(redis, "FCALL", "ingest_trim", 1, keys.stream, keep)
+    removed, _ = await fcall(redis, WORKER_LIBRARY, "FCALL", "ingest_trim", 1, keys.stream, keep)
     return int(removed)
 
 
@@ -200,7 +244,22 @@ async def replay_dead_letters(
         for name, value in fields.items():
             args += (name, value)
     moved, missing = await fcall(
-        redis, "FCALL", "ingest_replay", 2, keys.stream, keys.dead_letter, *args
+        redis, PRODUCER_LIBRARY, "FCALL", "ingest_replay", 2, keys.stream, keys.dead_letter, *args
     )
     pairs = [item.decode() for item in moved]
     return Replayed(dict(zip(pairs[::2], pairs[1::2], strict=True)), [m.decode() for m in missing])
+
+
+async def release_consumer(redis: Redis, keys: Keys, group: str, consumer: str) -> bool:
+    """Delete ``consumer`` from ``group`` if it holds no pending entry; True if deleted."""
+    deleted = await fcall(
+        redis,
+        PRODUCER_LIBRARY,
+        "FCALL",
+        "ingest_release_consumer",
+        1,
+        keys.stream,
+        group,
+        consumer,
+    )
+    return bool(deleted)

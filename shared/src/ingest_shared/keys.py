@@ -2,6 +2,10 @@
 
 Series keys put ``{metric}`` or ``{metric|source}`` in a hash tag so a raw series and its
 rollups always share a slot on Redis Cluster (TS.CREATERULE needs both on one node).
+
+Every key the services touch starts with one prefix (``INGEST_KEY_PREFIX``, ``telemetry:``),
+so one ACL pattern (``~telemetry:*``) covers them; keys the append function touches with the
+stream carry the stream's hash tag, so one call never spans two slots.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ FIELD_SOURCE = b"source"
 FIELD_METRIC = b"metric"
 FIELD_VALUE = b"value"
 FIELD_OCCURRED_AT = b"occurredAt"
+# What the worker's read functions put in place of an entry over INGEST_MAX_ENTRY_BYTES: its
+# size and a bounded prefix of its fields (see lua/worker.lua).
+FIELD_OVERSIZED = b"__oversized__"
+FIELD_PREFIX = b"__prefix__"
 
 # Dead-letter entry fields.
 DL_MESSAGE_ID = "messageId"
@@ -64,6 +72,19 @@ class Keys:
     series_prefix: str = "telemetry:ts"
     # Every raw series gets one rollup series per entry; the first is "the" rollup.
     rollups: tuple[Rollup, ...] = DEFAULT_ROLLUPS
+    # What every key starts with (the keys above too, unless configured otherwise).
+    prefix: str = "telemetry:"
+
+    def outside_prefix(self) -> list[str]:
+        """Configured key names that do not start with :attr:`prefix` (an ACL on the prefix
+        would not cover them)."""
+        named = (self.stream, self.dead_letter, self.metrics, self.series_prefix)
+        return [name for name in named if not name.startswith(self.prefix)]
+
+    @property
+    def timeseries_probe(self) -> str:
+        """A key that never exists, for probing that the TimeSeries commands are there."""
+        return f"{self.prefix}probe:timeseries"
 
     def raw(self, metric: str) -> str:
         """The per-metric raw series (the tutorial's series: all sources together)."""
@@ -92,8 +113,19 @@ class Keys:
     # Keys the append function touches share the stream's slot (one FCALL, no CROSSSLOT).
     def idempotency(self, digest: str) -> str:
         """Stored response of one Idempotency-Key; ``digest`` is a hash, never the raw key."""
-        return f"{{{self.stream}}}:idempotency:{digest}"
+        return f"{self.prefix}idempotency:{{{hash_tag(self.stream)}}}:{digest}"
 
     def rate_limit(self, client_id: str) -> str:
-        """The fixed-window request counter of one API client."""
-        return f"{{{self.stream}}}:rate:{client_id}"
+        """The fixed-window event counter of one API client."""
+        return f"{self.prefix}rate:{{{hash_tag(self.stream)}}}:{client_id}"
+
+
+def hash_tag(key: str) -> str:
+    """What Redis Cluster hashes for ``key``: the text of its first non-empty ``{...}``, else
+    the whole key. A key tagged ``{<hash_tag(k)>}`` lives in the same slot as ``k``."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key

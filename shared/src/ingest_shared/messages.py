@@ -67,6 +67,8 @@ def _expected(types: str) -> str:
 
 def _rule(info: mi.Type) -> str | None:
     """What a value of this type must be, or None if there is nothing to add to msgspec's."""
+    if isinstance(info, mi.Metadata):  # Meta that only documents (extra_json_schema)
+        return _rule(info.type)
     if isinstance(info, mi.UnionType):
         rules = [_rule(t) for t in info.types if not isinstance(t, mi.NoneType)]
         return rules[0] if len(rules) == 1 else None
@@ -88,7 +90,9 @@ _OTHER_RULES: dict[type[mi.Type], str] = {
 def _number_rule(info: mi.FloatType | mi.IntType) -> str:
     if isinstance(info, mi.FloatType) and (info.ge, info.le) == (-_MAX_FLOAT, _MAX_FLOAT):
         return "must be a finite number"  # the bounds only keep out NaN and Infinity
-    what = "a number" if isinstance(info, mi.FloatType) else "an integer"
+    # A float that must be a multiple of 1 takes integral numbers (482 and 482.0) only.
+    integral = isinstance(info, mi.IntType) or info.multiple_of == 1
+    what = "an integer" if integral else "a number"
     return _bounds(what, info.ge, info.le)
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import msgspec
 from redis.exceptions import RedisError, ResponseError
 
+from ingest_shared import keys as k
 from ingest_shared.exceptions import InvalidEventError, TransientStoreError
 from ingest_shared.redis_client import call_packed, pack
 from ingest_shared.schema import Base, Sample, TimeWindow, now_ms, sample_from_entry
@@ -40,13 +42,23 @@ _KNOWN_SERIES_LIMIT = 200_000
 Failure = tuple[bytes, str, "dict[bytes, bytes] | None"]
 
 
-class BatchResult(Base):
-    """What one batch did; the process route returns it as JSON."""
+class BatchResult(Base, omit_defaults=True):
+    """What one batch did; the process route returns it as JSON. ``reasons`` counts the dead
+    letters by class: invalid, rejected (by TimeSeries), oversized, max_deliveries."""
 
     read: int
     processed: int
     dead_lettered: int
     acked: int
+    reasons: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+def _oversized_reason(fields: Mapping[bytes, bytes]) -> str:
+    size = fields.get(k.FIELD_OVERSIZED, b"?").decode(errors="replace")
+    return (
+        f"entry of {size} bytes is larger than INGEST_MAX_ENTRY_BYTES: not decoded; the "
+        "payload holds its first bytes only"
+    )
 
 
 def create_processor(redis: Redis, settings: Settings) -> BatchProcessor:
@@ -79,9 +91,13 @@ class BatchProcessor:
         window: TimeWindow,
         *,
         dead_letter_maxlen: int = 100_000,
+        collapse_duplicates: bool = True,
     ) -> None:
+        """``collapse_duplicates=False`` writes one per-metric sample per entry even when a
+        batch holds several for one (metric, timestamp): same result, slower (for comparison)."""
         self._redis = redis
         self._dead_letter_maxlen = dead_letter_maxlen
+        self._collapse = collapse_duplicates
         self._keys = keys
         self._group = group.encode()
         self._stream = keys.stream.encode()
@@ -120,6 +136,7 @@ class BatchProcessor:
         samples: list[Sample] = []
         window = self._window
         failures: list[Failure] = []
+        reasons: dict[str, int] = {}
         for entry_id, fields in entries:
             ids.append(entry_id)
             if not fields:
@@ -129,11 +146,17 @@ class BatchProcessor:
             reason = forced.get(entry_id)
             if reason is not None:
                 failures.append((entry_id, reason, fields))
+                reasons["max_deliveries"] = reasons.get("max_deliveries", 0) + 1
+                continue
+            if k.FIELD_OVERSIZED in fields:
+                failures.append((entry_id, _oversized_reason(fields), fields))
+                reasons["oversized"] = reasons.get("oversized", 0) + 1
                 continue
             try:
                 samples.append(sample_from_entry(entry_id, fields, window, now))
             except InvalidEventError as exc:
                 failures.append((entry_id, exc.reason, fields))
+                reasons["invalid"] = reasons.get("invalid", 0) + 1
             else:
                 stored_ids.append(entry_id)
         rejected: dict[bytes, str] = {}
@@ -142,6 +165,7 @@ class BatchProcessor:
             if rejected:
                 by_id = dict(entries)
                 failures += [(eid, why, by_id.get(eid)) for eid, why in rejected.items()]
+                reasons["rejected"] = len(rejected)
         if failures:
             await self._dead_letter(failures, consumer, now)
         acked = await self._ack(ids) if ids else 0
@@ -150,6 +174,7 @@ class BatchProcessor:
             processed=len(samples) - len(rejected),
             dead_lettered=len(failures),
             acked=acked,
+            reasons=reasons,
         )
 
     async def _store(self, ids: list[bytes], samples: list[Sample]) -> dict[bytes, str]:
@@ -158,18 +183,25 @@ class BatchProcessor:
         ``ids[i]`` is the entry of ``samples[i]``.
         """
         known = self._known
+        collapse = self._collapse
         try:
-            command = madd_command(samples, known)
+            command, elements = madd_command(samples, known, collapse=collapse)
         except KeyError:  # a pair seen for the first time (or since the cache was reset)
             await self._set_up_series(samples)
-            command = madd_command(samples, known)
+            command, elements = madd_command(samples, known, collapse=collapse)
         results = await call_packed(self._redis, command)
+        if all(type(r) is int for r in results):
+            return {}
+        # Per-device results first, one per sample; then one per per-metric element, which
+        # stands for every sample of its (metric, timestamp).
+        count = len(samples)
+        per_metric = {element: results[count + j] for j, element in enumerate(elements)}
         rejected: dict[bytes, str] = {}
         retry: list[tuple[bytes, Sample]] = []
-        if all(type(r) is int for r in results):
-            return rejected
         for index, (entry_id, sample) in enumerate(zip(ids, samples, strict=True)):
-            errors = [r for r in results[2 * index : 2 * index + 2] if isinstance(r, ResponseError)]
+            raw = known[sample.metric][sample.source][0]
+            outcomes = (results[index], per_metric[raw, sample.timestamp_ms])
+            errors = [r for r in outcomes if isinstance(r, ResponseError)]
             if not errors:
                 continue
             if all(is_retryable(e) for e in errors):

@@ -1,15 +1,65 @@
-"""The Redis client factory: one place that sets timeouts and retry behaviour."""
+"""The Redis client factory: one place that sets timeouts, retry behaviour and TLS."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from redis.typing import EncodableT
+
+# full: the chain and the host name in REDIS_URL; ca: the chain only; none: encryption only.
+TlsVerify: TypeAlias = Literal["full", "ca", "none"]
+# OpenSSL reasons that no retry can cure: the deployment's certificates, CA or port are wrong.
+# The rest (EOF, syscall errors) are a connection cut mid-handshake: transient.
+_TLS_MISCONFIGURED = (
+    "CERTIFICATE",  # verify failed, certificate required/expired/revoked/unknown, bad one
+    "UNKNOWN_CA",
+    "ACCESS_DENIED",
+    "WRONG_VERSION_NUMBER",  # rediss:// to a port that does not speak TLS
+    "HANDSHAKE_FAILURE",
+    "PROTOCOL_VERSION",
+    "UNSUPPORTED_PROTOCOL",
+)
+# How long a second handshake listens for the server's verdict on our certificate (one round
+# trip after the handshake; only spent when a connection died right after its handshake).
+TLS_VERDICT_WAIT_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTls:
+    """TLS options for ``rediss://`` URLs (``INGEST_REDIS_TLS_*``); the defaults verify the
+    server against the system's CAs, as redis-py does on its own.
+
+    The files are read again for every connect (see ``_TlsConnection``), so certificates
+    renewed in place are used from the next connection on, without a restart.
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: TlsVerify = "full"
+
+    def redis_kwargs(self) -> dict[str, Any]:
+        """redis-py's ``ssl_*`` connection arguments (sync and asyncio clients alike)."""
+        return {
+            "ssl_ca_certs": self.ca_file,
+            "ssl_certfile": self.cert_file,
+            "ssl_keyfile": self.key_file,
+            "ssl_cert_reqs": "none" if self.verify == "none" else "required",
+            "ssl_check_hostname": self.verify == "full",
+        }
 
 
 def create_redis(
@@ -18,14 +68,17 @@ def create_redis(
     socket_timeout: float,
     connect_timeout: float = 1.0,
     max_connections: int = 256,
+    tls: RedisTls | None = None,
 ) -> Redis:
     """A bytes-replying asyncio client; the caller owns it and must ``aclose()`` it.
 
     No hidden retries: the callers decide (the producer answers 503 at once, the worker backs
     off and keeps its batch pending), so a dead Redis never turns into a hang.
-    ``socket_timeout`` must exceed any ``BLOCK`` time used on the client.
+    ``socket_timeout`` must exceed any ``BLOCK`` time used on the client. ``tls`` applies to
+    ``rediss://`` URLs only (the settings refuse TLS files with any other scheme).
     """
-    return Redis.from_url(
+    tls_kwargs = (tls or RedisTls()).redis_kwargs() if url.startswith("rediss://") else {}
+    client = Redis.from_url(
         url,
         decode_responses=False,
         socket_timeout=socket_timeout,
@@ -34,7 +87,108 @@ def create_redis(
         retry_on_timeout=False,
         max_connections=max_connections,
         health_check_interval=0,
+        **tls_kwargs,
     )
+    if tls_kwargs:
+        # Set before the pool made any connection (from_url would override the argument).
+        client.connection_pool.connection_class = _TlsConnection
+    return client
+
+
+class _TlsConnection(SSLConnection):
+    """redis-py's TLS connection, except that a refused client certificate is reported as such.
+
+    With TLS 1.3 the server judges our certificate after the handshake; its alert races our
+    first command, and the server's close then often arrives as a bare "connection reset".
+    A second handshake that sends nothing receives the alert itself.
+    """
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        # redis-py builds the context once per pooled connection object, which outlives
+        # reconnects: rebuild it, so renewed certificate files are read.
+        self.ssl_context.context = None
+        arguments: Mapping[str, Any] = super()._connection_arguments()
+        return arguments
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        try:
+            await super().on_connect_check_health(check_health)
+        except RedisConnectionError as exc:
+            if not _cut_off(exc) or (alert := await self._verdict()) is None:
+                raise
+            msg = f"Error connecting to {self._host_error()}: TLS refused ({alert.args[-1]})"
+            raise RedisConnectionError(msg) from alert
+
+    async def _verdict(self) -> ssl.SSLError | None:
+        """The TLS alert a fresh connection receives when it sends nothing, if any."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, ssl=self.ssl_context.get()),
+                self.socket_connect_timeout,
+            )
+        except (OSError, TimeoutError):
+            return None
+        try:
+            await asyncio.wait_for(reader.read(1), TLS_VERDICT_WAIT_S)
+        except ssl.SSLError as exc:
+            return exc
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        return None
+
+
+def _cut_off(error: BaseException) -> bool:
+    """True if the server reset the connection under ``error`` (and no TLS reason came)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return False
+        if isinstance(seen, ConnectionResetError | BrokenPipeError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def tls_failure(error: BaseException) -> str | None:
+    """Why the TLS handshake behind ``error`` was refused, if it was and no retry can help.
+
+    redis-py wraps the ``ssl.SSLError`` in its ConnectionError (as the implicit context, so the
+    chain is walked); a server refusing our certificate shows up on the first read, not the
+    connect, with TLS 1.3.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            reason = seen.reason or ""
+            if not any(part in reason for part in _TLS_MISCONFIGURED):
+                return None
+            detail = getattr(seen, "verify_message", None) or seen.args[-1]
+            return f"{_tls_hint(reason)} ({detail})"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _tls_hint(reason: str) -> str:
+    if reason == "CERTIFICATE_VERIFY_FAILED":
+        return (
+            "Redis's certificate was not accepted: INGEST_REDIS_TLS_CA_FILE must name the CA "
+            "that signed it and REDIS_URL's host must be a name in it "
+            "(INGEST_REDIS_TLS_VERIFY=ca skips the name)"
+        )
+    if "CERTIFICATE_REQUIRED" in reason:
+        return (
+            "Redis requires a client certificate: set INGEST_REDIS_TLS_CERT_FILE and "
+            "INGEST_REDIS_TLS_KEY_FILE"
+        )
+    if "ALERT" in reason and any(p in reason for p in ("CERTIFICATE", "UNKNOWN_CA", "DENIED")):
+        return "Redis refused our client certificate (INGEST_REDIS_TLS_CERT_FILE)"
+    if reason == "WRONG_VERSION_NUMBER":
+        return "Redis does not speak TLS on this port: use redis:// or its TLS port"
+    return "the TLS handshake with Redis failed"
 
 
 async def call(redis: Redis, *args: EncodableT) -> Any:

@@ -23,11 +23,17 @@ _EPOCH_NAIVE = dt.datetime(1970, 1, 1)
 _ONE_MS = dt.timedelta(milliseconds=1)
 
 # \A...\Z, never ^...$: "$" also matches before a trailing newline, and these become key names.
-_NAME_MAX = 128
-_METRIC_PATTERN = r"\A[A-Za-z0-9_.\-]+\Z"
-_SOURCE_PATTERN = r"\A[A-Za-z0-9_.:@/\-]+\Z"
-Metric = Annotated[str, msgspec.Meta(min_length=1, max_length=_NAME_MAX, pattern=_METRIC_PATTERN)]
-Source = Annotated[str, msgspec.Meta(min_length=1, max_length=_NAME_MAX, pattern=_SOURCE_PATTERN)]
+# The OpenAPI document publishes them as ^...$ (ECMA-262), see ingest_producer.openapi.
+NAME_MAX = 128
+METRIC_PATTERN = r"\A[A-Za-z0-9_.\-]+\Z"
+SOURCE_PATTERN = r"\A[A-Za-z0-9_.:@/\-]+\Z"
+Metric = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=METRIC_PATTERN)]
+Source = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=SOURCE_PATTERN)]
+# Times the API documents as RFC 3339 (msgspec states no format for a datetime that may be
+# naive; a naive one is still accepted, as UTC). Request bodies are documented from msgspec's
+# JSON schema, which takes the keys as they are; responses by Litestar, which takes "extra".
+DATE_TIME = msgspec.Meta(extra_json_schema={"format": "date-time"})
+DATE_TIME_OUT = msgspec.Meta(extra_json_schema={"extra": {"format": "date-time"}})
 # The bounds reject Infinity (JSON 1e400) and NaN (it fails every comparison).
 FiniteFloat = Annotated[float, msgspec.Meta(ge=-_MAX_FLOAT, le=_MAX_FLOAT)]
 
@@ -42,7 +48,7 @@ class TelemetryEvent(Base):
     source: Source
     metric: Metric
     value: FiniteFloat
-    occurredAt: dt.datetime | None = None
+    occurredAt: Annotated[dt.datetime, DATE_TIME] | None = None
 
 
 class EventOut(Base):
@@ -51,7 +57,7 @@ class EventOut(Base):
     source: str
     metric: str
     value: float
-    occurredAt: str
+    occurredAt: Annotated[str, DATE_TIME_OUT]
 
     def stream_fields(self) -> dict[bytes, str]:
         """The stream entry fields, in the tutorial's names."""
@@ -131,8 +137,8 @@ class TimeWindow(Base):
 # The worker's fast path (see sample_from_entry). It only ever accepts; anything it is not sure
 # of goes through msgspec, so errors and edge cases stay msgspec's. A hypothesis test
 # (tests/unit/test_schema_fastpath.py) checks that both paths agree.
-_METRIC_RE = re.compile(_METRIC_PATTERN)
-_SOURCE_RE = re.compile(_SOURCE_PATTERN)
+_METRIC_RE = re.compile(METRIC_PATTERN)
+_SOURCE_RE = re.compile(SOURCE_PATTERN)
 # A JSON number, the only text msgspec's lax str -> float conversion accepts.
 _NUMBER_RE = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 _SECOND_RE = re.compile(rb"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})")
@@ -146,7 +152,7 @@ _seconds: dict[bytes, int] = {}
 def _valid_name(raw: bytes, pattern: re.Pattern[str], cache: dict[bytes, str]) -> str | None:
     """``raw`` as str if it passes the Metric or Source rule (``pattern``), else None."""
     # Both patterns are ASCII-only, so the length in bytes is the length in characters.
-    if not raw.isascii() or len(raw) > _NAME_MAX:
+    if not raw.isascii() or len(raw) > NAME_MAX:
         return None
     name = raw.decode()
     if pattern.search(name) is None:

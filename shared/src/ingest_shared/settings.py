@@ -8,15 +8,20 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlsplit
 
 from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.keys import AGGREGATIONS, Keys, Rollup
+from ingest_shared.redis_client import RedisTls
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from ingest_shared.redis_client import TlsVerify
 
 _NAME = re.compile(r"\A[A-Za-z0-9_.:@/-]{1,128}\Z")
 _KEY = re.compile(r"\A[^\s{}]{1,256}\Z")
@@ -29,11 +34,13 @@ class Settings:
     """Every setting of both services; see ``.env.example`` for the variable names."""
 
     redis_url: str = "redis://localhost:6379/0"
+    redis_tls: RedisTls = field(default_factory=RedisTls)
     stream_key: str = "telemetry:events"
     dead_letter_key: str = "telemetry:events:dead-letter"
     consumer_group: str = "telemetry-workers"
     metrics_key: str = "telemetry:metrics"
     series_prefix: str = "telemetry:ts"
+    key_prefix: str = "telemetry:"
     rollup_bucket_ms: int = 60_000
     retention_ms: int = 86_400_000
     rollup_retention_ms: int = 2_592_000_000
@@ -48,9 +55,16 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     http_workers: int = 1
+    # HTTP limits against hostile clients, per producer process (ingest_producer.serving).
+    http_max_header_bytes: int = 16_384
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    http_keepalive_s: int = 5
+    http_max_connections: int = 4_096
     worker_http_host: str = "127.0.0.1"
     worker_http_port: int = 9100
     metrics_enabled: bool = True
+    max_entry_bytes: int = 65_536
     log_level: str = "info"
     log_format: str = "auto"
     # The production edge: batches, auth, rate limits, backpressure, durability, trimming.
@@ -87,6 +101,7 @@ class Settings:
             metrics=self.metrics_key,
             series_prefix=self.series_prefix,
             rollups=self.rollup_rules,
+            prefix=self.key_prefix,
         )
 
 
@@ -102,13 +117,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     d = Settings()
     rate_limit, rate_window_ms = _rate(env, "INGEST_RATE_LIMIT")
     durability, replicas = _durability(env, "INGEST_DURABILITY")
+    redis_url = _url(env, "REDIS_URL", d.redis_url)
     return Settings(
-        redis_url=_url(env, "REDIS_URL", d.redis_url),
+        redis_url=redis_url,
+        redis_tls=_redis_tls(env, redis_url),
         stream_key=_text(env, "INGEST_STREAM_KEY", d.stream_key, _KEY),
         dead_letter_key=_text(env, "INGEST_DEAD_LETTER_KEY", d.dead_letter_key, _KEY),
         consumer_group=_text(env, "INGEST_CONSUMER_GROUP", d.consumer_group, _NAME),
         metrics_key=_text(env, "INGEST_METRICS_KEY", d.metrics_key, _KEY),
         series_prefix=_text(env, "INGEST_SERIES_PREFIX", d.series_prefix, _KEY),
+        key_prefix=_text(env, "INGEST_KEY_PREFIX", d.key_prefix, _KEY),
         rollup_bucket_ms=_int(env, "INGEST_ROLLUP_BUCKET_MS", d.rollup_bucket_ms, 1),
         retention_ms=_int(env, "INGEST_RETENTION_MS", d.retention_ms, 1),
         rollup_retention_ms=_int(env, "INGEST_ROLLUP_RETENTION_MS", d.rollup_retention_ms, 0),
@@ -123,9 +141,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         http_host=_text(env, "INGEST_HTTP_HOST", d.http_host, _KEY),
         http_port=_int(env, "INGEST_HTTP_PORT", d.http_port, 0, 65_535),
         http_workers=_int(env, "INGEST_HTTP_WORKERS", d.http_workers, 1, 64),
+        http_max_header_bytes=_int(
+            env, "INGEST_HTTP_MAX_HEADER_BYTES", d.http_max_header_bytes, 1_024, 1_048_576
+        ),
+        http_header_timeout_s=_seconds(
+            env, "INGEST_HTTP_HEADER_TIMEOUT_S", d.http_header_timeout_s
+        ),
+        http_body_timeout_s=_seconds(env, "INGEST_HTTP_BODY_TIMEOUT_S", d.http_body_timeout_s),
+        http_keepalive_s=_int(env, "INGEST_HTTP_KEEPALIVE_S", d.http_keepalive_s, 1, 3_600),
+        http_max_connections=_int(
+            env, "INGEST_HTTP_MAX_CONNECTIONS", d.http_max_connections, 16, 1_000_000
+        ),
         worker_http_host=_text(env, "INGEST_WORKER_HTTP_HOST", d.worker_http_host, _KEY),
         worker_http_port=_int(env, "INGEST_WORKER_HTTP_PORT", d.worker_http_port, 0, 65_535),
         metrics_enabled=_choice(env, "INGEST_METRICS", "on", ("on", "off")) == "on",
+        max_entry_bytes=_int(env, "INGEST_MAX_ENTRY_BYTES", d.max_entry_bytes, 0),
         log_level=_choice(env, "INGEST_LOG_LEVEL", d.log_level, _LOG_LEVELS),
         log_format=_choice(env, "INGEST_LOG_FORMAT", d.log_format, _LOG_FORMATS),
         max_body_bytes=_int(env, "INGEST_MAX_BODY_BYTES", d.max_body_bytes, 1_024),
@@ -198,6 +228,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigurationError(msg) from None
     if not 0 <= value < 3600:  # also rejects nan
         msg = f"{name}={raw} must be between 0 and 3600 seconds"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A timeout: more than 0 and less than 3600 seconds."""
+    value = _float(env, name, default)
+    if value <= 0:
+        msg = f"{name}={value} must be more than 0 seconds"
         raise ConfigurationError(msg)
     return value
 
@@ -288,3 +327,77 @@ def _secrets(env: Mapping[str, str], name: str) -> frozenset[str]:
         msg = f"{name}: every key must have at least 16 characters"
         raise ConfigurationError(msg)
     return keys
+
+
+_TLS_FILES = ("INGEST_REDIS_TLS_CA_FILE", "INGEST_REDIS_TLS_CERT_FILE", "INGEST_REDIS_TLS_KEY_FILE")
+_TLS_VERIFY: dict[str, TlsVerify] = {"full": "full", "ca": "ca", "none": "none"}
+
+
+def _redis_tls(env: Mapping[str, str], url: str) -> RedisTls:
+    """``INGEST_REDIS_TLS_*``, for ``rediss://`` only: the one place TLS is configured.
+
+    The files are loaded here as the client will load them, so a missing mount or a PEM mix-up
+    stops the process at start, naming the variable, instead of failing every connection.
+    """
+    ca, cert, key = (_readable_file(env, name) for name in _TLS_FILES)
+    verify_raw = _raw(env, "INGEST_REDIS_TLS_VERIFY")
+    verify = _TLS_VERIFY[_choice(env, "INGEST_REDIS_TLS_VERIFY", "full", tuple(_TLS_VERIFY))]
+    if any(name.lower().startswith("ssl_") for name, _ in parse_qsl(urlsplit(url).query)):
+        msg = "REDIS_URL: set TLS options with INGEST_REDIS_TLS_*, not ssl_* query parameters"
+        raise ConfigurationError(msg)
+    given = [n for n, v in zip(_TLS_FILES, (ca, cert, key), strict=True) if v is not None]
+    given += ["INGEST_REDIS_TLS_VERIFY"] if verify_raw is not None else []
+    if given and not url.startswith("rediss://"):
+        msg = f"{given[0]} is set but REDIS_URL does not start with rediss://, so TLS is off"
+        raise ConfigurationError(msg)
+    if key is not None and cert is None:
+        msg = "INGEST_REDIS_TLS_KEY_FILE is set without INGEST_REDIS_TLS_CERT_FILE"
+        raise ConfigurationError(msg)
+    if ca is not None and verify == "none":
+        msg = "INGEST_REDIS_TLS_CA_FILE is set but INGEST_REDIS_TLS_VERIFY=none would ignore it"
+        raise ConfigurationError(msg)
+    _load_tls_files(ca, cert, key)
+    return RedisTls(ca_file=ca, cert_file=cert, key_file=key, verify=verify)
+
+
+def _readable_file(env: Mapping[str, str], name: str) -> str | None:
+    path = _raw(env, name)
+    if path is None:
+        return None
+    try:
+        with Path(path).open("rb"):
+            pass
+    except OSError as exc:
+        msg = f"{name}={path!r} cannot be read ({exc.strerror})"
+        raise ConfigurationError(msg) from None
+    return path
+
+
+def _load_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except ssl.SSLError as exc:
+            msg = f"INGEST_REDIS_TLS_CA_FILE={ca!r} holds no PEM certificate ({exc.reason})"
+            raise ConfigurationError(msg) from None
+    if cert is None:
+        return
+    # Without a key file, the key is expected in the certificate file (one PEM with both).
+    named = f"INGEST_REDIS_TLS_CERT_FILE={cert!r}"
+    if key is not None:
+        named += f" and INGEST_REDIS_TLS_KEY_FILE={key!r}"
+
+    def encrypted_key() -> bytes:
+        # Without this callback OpenSSL would prompt on the terminal and hang the service.
+        msg = f"{named}: the private key is encrypted; give an unencrypted one"
+        raise ConfigurationError(msg)
+
+    try:
+        context.load_cert_chain(cert, key, password=encrypted_key)
+    except ssl.SSLError as exc:
+        expected = "a PEM certificate and its private key"
+        if key is None:
+            expected += " (or set INGEST_REDIS_TLS_KEY_FILE to the key's own file)"
+        msg = f"{named}: not {expected}: {exc.reason or exc}"
+        raise ConfigurationError(msg) from None

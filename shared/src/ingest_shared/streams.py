@@ -36,6 +36,9 @@ Entry: TypeAlias = tuple[bytes, dict[bytes, bytes] | None]
 _TRANSIENT_REPLIES = (OutOfMemoryError, ReadOnlyError, TryAgainError, AskError, ClusterDownError)
 # Codes redis-py leaves in the message; the space keeps BUSYGROUP and BUSYKEY out.
 _TRANSIENT_PREFIXES = ("BUSY ", "NOREPLICAS ")
+# uvloop raises RuntimeError("... the handler is closed") for a write on a connection the peer
+# reset; redis-py disconnects and passes it through: a connection failure like any other.
+_CLOSED_TRANSPORT = "handler is closed"
 TRANSIENT_ERRORS = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
 
 
@@ -44,6 +47,8 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, MovedError):
         # A routing answer from a cluster node, not an outage (MovedError subclasses AskError).
         return False
+    if isinstance(error, RuntimeError) and _CLOSED_TRANSPORT in str(error):
+        return True
     if isinstance(error, TRANSIENT_ERRORS + _TRANSIENT_REPLIES):
         return True
     return isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT_PREFIXES)

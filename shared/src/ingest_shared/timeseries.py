@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeAlias
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from ingest_shared import keys as k
 from ingest_shared.exceptions import ConfigurationError
@@ -126,21 +126,49 @@ def packed_pair(keys: Keys, metric: str, source: str) -> PackedPair:
     return bulk(raw), bulk(source_raw)
 
 
-def madd_command(samples: Sequence[tuple[str, str, int, float]], known: KnownSeries) -> bytes:
+# What a TS.MADD built by :func:`madd_command` wrote to the per-metric series, in order after
+# the per-device elements: (packed per-metric key, timestamp) per element.
+MetricElements: TypeAlias = list[tuple[bytes, int]]
+
+
+def madd_command(
+    samples: Sequence[tuple[str, str, int, float]], known: KnownSeries, *, collapse: bool = True
+) -> tuple[bytes, MetricElements]:
     """One TS.MADD writing each (metric, source, ts, value) to its two series, as RESP bytes.
+
+    The per-device elements come first, one per sample, in order. Then the per-metric ones:
+    with ``collapse``, one per (metric, timestamp), holding the batch's last value for it: what
+    ``DUPLICATE_POLICY LAST`` would keep anyway, without making Redis upsert a timestamp it just
+    wrote (its slow path on a series with rules: gateways send many events of one metric in the
+    same millisecond). Without it, one per sample (for comparisons).
 
     Built here rather than by redis-py: its ``pack_command`` re-joins a growing buffer per
     argument and was the worker's largest cost for a 3,000-argument TS.MADD (py-spy). Every
     (metric, source) must be in ``known`` (KeyError otherwise). Send it with ``call_packed``.
     """
-    parts = [b"*%d\r\n$7\r\nTS.MADD\r\n" % (6 * len(samples) + 1)]
+    parts = [b""]
+    per_metric: dict[tuple[bytes, int], bytes] = {}
+    uncollapsed: list[bytes] = []
+    elements: MetricElements = []
     for metric, source, ts, value in samples:
         raw, source_raw = known[metric][source]
         stamp = b"%d" % ts
         number = b"%r" % value  # repr, what redis-py itself sends for a float
         point = b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(stamp), stamp, len(number), number)
-        parts += (raw, point, source_raw, point)
-    return b"".join(parts)
+        parts += (source_raw, point)
+        if collapse:
+            per_metric[raw, ts] = point  # a repeat keeps its first place, takes the last value
+        else:
+            elements.append((raw, ts))
+            uncollapsed += (raw, point)
+    if collapse:
+        for (raw, _), point in per_metric.items():
+            parts += (raw, point)
+        elements = list(per_metric)
+    else:
+        parts += uncollapsed
+    parts[0] = b"*%d\r\n$7\r\nTS.MADD\r\n" % (3 * (len(samples) + len(elements)) + 1)
+    return b"".join(parts), elements
 
 
 def is_retryable(error: ResponseError) -> bool:
@@ -149,14 +177,20 @@ def is_retryable(error: ResponseError) -> bool:
     return any(marker in text for marker in RETRYABLE_SAMPLE_ERRORS)
 
 
-async def check_timeseries(redis: Redis) -> None:
+async def check_timeseries(redis: Redis, keys: Keys) -> None:
     """Raise ConfigurationError unless the server has the TimeSeries commands.
 
     Probes with TS.INFO on a key that does not exist: "key does not exist" proves the command is
     there, on Redis Stack, Redis 8 and managed services alike (MODULE LIST is often forbidden).
     """
     try:
-        await call(redis, "TS.INFO", "telemetry-ingest:probe:timeseries")
+        await call(redis, "TS.INFO", keys.timeseries_probe)
+    except NoPermissionError as exc:
+        msg = (
+            f"Redis refused TS.INFO to this user ({exc}); the ACL must allow the TimeSeries "
+            "commands this service uses (see the README, Reliability and security)"
+        )
+        raise ConfigurationError(msg) from None
     except ResponseError as exc:
         if "does not exist" in str(exc):
             return

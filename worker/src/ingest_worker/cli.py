@@ -70,7 +70,7 @@ async def serve(settings: Settings) -> int:
             host=settings.worker_http_host,
             port=settings.worker_http_port,
         )
-    redis = create_redis(settings.redis_url, socket_timeout=socket_timeout)
+    redis = create_redis(settings.redis_url, socket_timeout=socket_timeout, tls=settings.redis_tls)
     try:
         worker = Worker(redis, create_processor(redis, settings), settings, heartbeat)
         return await run_until_stopped(worker, settings.shutdown_grace_s)

@@ -14,7 +14,8 @@ Every Redis step goes through :meth:`Worker._attempt`, which tells the cases apa
   (a batch stays pending, is reclaimed later and counts a delivery, so a batch that always
   fails ends in the dead-letter stream instead of stalling every worker);
 * configuration errors (no TimeSeries at start, a wrong type at the stream key, refused
-  credentials or ACLs, a cluster node answering MOVED) end the run.
+  credentials or ACLs, a TLS certificate refused either way, a cluster node answering MOVED)
+  end the run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 from redis.exceptions import (
@@ -34,14 +35,15 @@ from redis.exceptions import (
 )
 
 from ingest_shared.exceptions import ConfigurationError, TransientStoreError
-from ingest_shared.functions import load_functions, trim_stream
-from ingest_shared.redis_client import call
+from ingest_shared.functions import WORKER_LIBRARY, load_library, trim_stream
+from ingest_shared.redis_client import tls_failure
 from ingest_shared.schema import now_ms
 from ingest_shared.streams import ensure_group, is_transient
 from ingest_shared.timeseries import check_timeseries
 from ingest_worker import metrics
 from ingest_worker.backoff import Backoff
 from ingest_worker.monitor import Heartbeat
+from ingest_worker.reader import StreamReader
 from ingest_worker.reclaim import Reclaimer, over_delivered
 from ingest_worker.stats import Throughput
 
@@ -78,8 +80,6 @@ _STEP_COMMANDS = {
     "reclaimed": "TS.MADD, XADD, XACK",
 }
 
-# XREADGROUP on one stream as redis-py parses it: [[stream, [(id, fields), ...]]], or [].
-ReadReply: TypeAlias = list[list[Any]]
 
 T = TypeVar("T")
 log = structlog.get_logger("ingest_worker")
@@ -101,7 +101,8 @@ class Worker:
         self._stream = settings.keys.stream
         self._group = settings.consumer_group
         self._consumer = settings.consumer_name
-        self._reclaimer = Reclaimer(redis, settings)
+        self._reader = StreamReader(redis, settings)
+        self._reclaimer = Reclaimer(redis, settings, self._reader)
         self._backoff = Backoff()
         self._stats = Throughput()
         self._next_claim_at = 0.0  # claim at once: a dead consumer's entries may be waiting
@@ -114,6 +115,7 @@ class Worker:
         self._next_reminder_at = 0.0
         self._pending_checks: list[float] = []  # monotonic times to re-read own pending
         self._batch_seq = 0
+        self._prefetched: list[Entry] = []  # the next batch, read while the last was stored
         self.stop_requested = asyncio.Event()
 
     def stop(self) -> None:
@@ -132,6 +134,9 @@ class Worker:
             while not self.stop_requested.is_set():
                 await self._step()
                 self._summarize_if_due()
+            if self._prefetched:  # delivered to us already: part of the work in hand
+                await self._handle("new", self._prefetched)
+                self._prefetched = []
         finally:
             log.info("worker_stopped", **self._stats.totals())
 
@@ -152,8 +157,8 @@ class Worker:
 
     async def _create_group(self) -> bool:
         created = await ensure_group(self._redis, self._stream, self._group)
-        await check_timeseries(self._redis)
-        await load_functions(self._redis)
+        await check_timeseries(self._redis, self._settings.keys)
+        await load_library(self._redis, WORKER_LIBRARY)
         return created
 
     async def _drain_own_pending(self) -> None:
@@ -173,7 +178,7 @@ class Worker:
     async def _read_own(self, cursor: bytes) -> tuple[list[Entry], dict[bytes, str]]:
         # Reading with an id returns our pending entries after it (and counts a delivery);
         # entries deleted since come back with no fields and are only acked.
-        entries = await self._read(cursor)
+        entries = await self._reader.own_pending(cursor)
         return entries, await over_delivered(self._redis, self._settings, entries)
 
     async def _step(self) -> None:
@@ -196,9 +201,34 @@ class Worker:
             removed = await self._attempt("trim", self._trim)
             if removed:
                 log.debug("stream_trimmed", removed=removed)
-        entries = await self._attempt("read", self._read_new)
-        if entries:
+        entries = self._prefetched or await self._attempt("read", self._read_new)
+        self._prefetched = []
+        if not entries:
+            return
+        # Read the next batch while this one is stored: the worker and Redis work at the same
+        # time instead of taking turns. Each batch is still acked only after its own writes.
+        prefetch = None
+        if not self.stop_requested.is_set():
+            prefetch = asyncio.create_task(self._prefetch(), name="ingest-worker-prefetch")
+        try:
             await self._handle("new", entries)
+        except BaseException:
+            if prefetch is not None:
+                prefetch.cancel()  # what it read stays pending: re-read or reclaimed later
+            raise
+        if prefetch is not None:
+            self._prefetched = await prefetch
+
+    async def _prefetch(self) -> list[Entry]:
+        """The next batch of new entries; on an error, none (the next step reads again)."""
+        try:
+            return await self._read_new()
+        except Exception as exc:
+            # Whatever it was, the step's own read meets it again and handles it; a reply
+            # lost in transit may have delivered entries to us, so re-read own pending.
+            self._disturbed = True
+            log.debug("prefetch_failed", error=str(exc))
+            return []
 
     async def _trim(self) -> int:
         """Drop entries every group is done with (never a pending or undelivered one)."""
@@ -209,26 +239,7 @@ class Worker:
         if self._pending_checks:  # do not block past the next re-read of own pending
             due_ms = (self._pending_checks[0] - time.monotonic()) * 1000
             block_ms = max(1, min(block_ms, int(due_ms)))
-        return await self._read(b">", block_ms)
-
-    async def _read(self, after: bytes, block_ms: int | None = None) -> list[Entry]:
-        """One XREADGROUP of up to a batch; ``after`` is ``>`` (new) or an id (own pending)."""
-        block = () if block_ms is None else ("BLOCK", block_ms)
-        reply: ReadReply = await call(
-            self._redis,
-            "XREADGROUP",
-            "GROUP",
-            self._group,
-            self._consumer,
-            "COUNT",
-            self._settings.batch_size,
-            *block,
-            "STREAMS",
-            self._stream,
-            after,
-        )
-        entries: list[Entry] = reply[0][1] if reply else []
-        return entries
+        return await self._reader.new(block_ms)
 
     async def _handle(
         self, origin: str, entries: list[Entry], forced: Mapping[bytes, str] | None = None
@@ -338,7 +349,7 @@ class Worker:
     async def _recreate_group(self, step: str) -> None:
         """Recreate the missing group at ID 0 (MKSTREAM) and reload the function library."""
         created = await ensure_group(self._redis, self._stream, self._group)
-        await load_functions(self._redis)
+        await load_library(self._redis, WORKER_LIBRARY)
         self._group_missing = False
         self._reclaimer.restart()
         # Whatever this consumer had pending went with the old group; read the new one first.
@@ -363,6 +374,10 @@ class Worker:
             raise exc
         if isinstance(exc, AuthenticationError | NoPermissionError):
             msg = f"Redis refused this worker's credentials or ACL: {exc}"
+            raise ConfigurationError(msg) from exc
+        if (tls := tls_failure(exc)) is not None:
+            # Like refused credentials: retrying the same certificates cannot help.
+            msg = f"TLS to Redis failed: {tls}"
             raise ConfigurationError(msg) from exc
         if isinstance(exc, MovedError):
             msg = (
@@ -396,8 +411,8 @@ def _observe(result: BatchResult, entries: list[Entry], duration_s: float) -> No
         metrics.SAMPLES_STORED.inc(2 * result.processed)
     if result.acked:
         metrics.ACKED.inc(result.acked)
-    if result.dead_lettered:
-        metrics.DEAD_LETTERED.labels("invalid_or_rejected").inc(result.dead_lettered)
+    for reason, count in result.reasons.items():
+        metrics.DEAD_LETTERED.labels(reason).inc(count)
     # Stream ids are <enqueue ms>-<seq>; the first entry of a batch is its oldest.
     enqueued_ms = int(entries[0][0].split(b"-", 1)[0])
     metrics.EVENT_AGE.observe(max(0, now_ms() - enqueued_ms) / 1000)

@@ -18,12 +18,11 @@ if TYPE_CHECKING:
 
     from ingest_shared.settings import Settings
     from ingest_shared.streams import Entry
+    from ingest_worker.reader import StreamReader
 
 MAX_DELIVERIES_REASON = "max deliveries exceeded"
 _CURSOR_START = b"0-0"
 
-# XAUTOCLAIM as redis-py parses it: [next cursor, claimed entries, ids deleted while pending].
-AutoclaimReply: TypeAlias = list[Any]
 # XPENDING's extended form as redis-py parses it: message_id, consumer, times_delivered, ...
 PendingRows: TypeAlias = list[dict[str, Any]]
 
@@ -39,10 +38,10 @@ class Claimed(NamedTuple):
 class Reclaimer:
     """XAUTOCLAIMs idle entries to this consumer, keeping the scan cursor between runs."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, reader: StreamReader) -> None:
         self._redis = redis
         self._settings = settings
-        self._stream = settings.keys.stream
+        self._reader = reader
         self._cursor = _CURSOR_START
 
     def restart(self) -> None:
@@ -51,17 +50,7 @@ class Reclaimer:
 
     async def claim(self) -> Claimed:
         """Claim up to one batch of entries idle longer than ``claim_idle_ms``."""
-        reply: AutoclaimReply = await self._redis.xautoclaim(
-            self._stream,
-            self._settings.consumer_group,
-            self._settings.consumer_name,
-            min_idle_time=self._settings.claim_idle_ms,
-            start_id=self._cursor,
-            count=self._settings.batch_size,
-        )
-        cursor: bytes = reply[0]
-        live: list[Entry] = reply[1]
-        deleted: list[bytes] = reply[2] if len(reply) > 2 else []  # Redis < 7 omits them
+        cursor, live, deleted = await self._reader.claim(self._settings.claim_idle_ms, self._cursor)
         self._cursor = cursor
         forced = await over_delivered(self._redis, self._settings, live)
         # Deleted entries were already dropped from the pending list; acking them is harmless

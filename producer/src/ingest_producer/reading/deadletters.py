@@ -70,6 +70,9 @@ def _letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
 async def list_dead_letters(ctx: ReadContext, count: int, before: str | None) -> DeadLetterPage:
     """Up to ``count`` dead letters older than ``before`` (exclusive), newest first."""
     end = "+" if before is None else "(" + params.stream_id(before, "before")
+    if end != "+" and not any(int(part) for part in end[1:].split("-")):
+        # Nothing is older than 0-0, and Redis refuses a range that ends before it.
+        return DeadLetterPage([], None)
     entries: list[Letter] = await call(
         ctx.redis, "XREVRANGE", ctx.keys.dead_letter, end, "-", "COUNT", count + 1
     )

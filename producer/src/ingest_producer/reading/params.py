@@ -14,19 +14,17 @@ import msgspec
 from litestar.exceptions import HTTPException
 
 from ingest_producer.errors import validation_detail
-from ingest_producer.models import FieldError
+from ingest_producer.models import STREAM_ID_PATTERN, FieldError
 from ingest_shared.keys import AGGREGATIONS
+from ingest_shared.messages import describe
 from ingest_shared.schema import Metric, Source, to_epoch_ms
 
-# Published in the OpenAPI document (ECMA-262: ``^...$``); Python checks use msgspec's
-# anchored patterns through ``Metric`` / ``Source``.
-METRIC_PATTERN_DOC = "^[-A-Za-z0-9_.]+$"
-SOURCE_PATTERN_DOC = "^[-A-Za-z0-9_.:@/]+$"
-STREAM_ID_PATTERN_DOC = "^[0-9]+-[0-9]+$"
-STREAM_ID = re.compile(r"\A[0-9]{1,20}-[0-9]{1,20}\Z")
-_EPOCH_MS = re.compile(r"\A[0-9]{1,15}\Z")
-# Epoch ms beyond this are not times RedisTimeSeries can hold usefully (year ~2255).
-MAX_EPOCH_MS = 9_000_000_000_000
+STREAM_ID = re.compile(STREAM_ID_PATTERN)
+# Up to 13 digits (year 2286), so the pattern the OpenAPI document publishes says it all.
+EPOCH_MS_PATTERN = r"\A[0-9]{1,13}\Z"
+_EPOCH_MS = re.compile(EPOCH_MS_PATTERN)
+# RFC 3339 times may lie further out; they get the same bound.
+MAX_EPOCH_MS = 9_999_999_999_999
 
 
 def invalid(field: str, message: str) -> HTTPException:
@@ -40,7 +38,7 @@ def metric_name(value: str, field: str = "metric") -> str:
     try:
         return msgspec.convert(value, Metric)
     except msgspec.ValidationError as exc:
-        raise invalid(field, str(exc)) from None
+        raise invalid(field, describe(Metric, str(exc))) from None
 
 
 def source_name(value: str, field: str = "source") -> str:
@@ -48,7 +46,7 @@ def source_name(value: str, field: str = "source") -> str:
     try:
         return msgspec.convert(value, Source)
     except msgspec.ValidationError as exc:
-        raise invalid(field, str(exc)) from None
+        raise invalid(field, describe(Source, str(exc))) from None
 
 
 def optional_source(value: str | None) -> str | None:

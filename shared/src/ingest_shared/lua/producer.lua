@@ -1,4 +1,7 @@
-#!lua name=telemetry_ingest
+#!lua name=ingest_producer
+
+-- The producer's functions. The worker's live in worker.lua: each service loads only its own
+-- library, so neither needs the other's commands in its ACL.
 
 -- ingest_append: append the events of several requests ("segments") in one call. Each segment
 -- may carry an idempotency key and a fixed-window rate limit, and is accepted or refused as a
@@ -15,7 +18,8 @@
 --   {"ok", id...}            appended, ids in order
 --   {"dup", ids, echo}       repeat of a stored request (ids joined by ","): nothing appended
 --   {"conflict"}             the idempotency key was used with another body hash
---   {"rate", retry after ms} over the limit: nothing appended
+--   {"rate", retry after ms} does not fit in what is left of the window: nothing appended
+--   {"toolarge", limit}      more events than the whole window allows: nothing appended
 local SEGMENT_ARGS = 7
 
 local function append_values(stream, names, values, count)
@@ -79,8 +83,11 @@ local function ingest_append(keys, args)
     end
     if not reply and rate_key then
       local used = tonumber(redis.call('GET', rate_key) or '0')
-      -- A segment larger than the whole limit still passes in an empty window, or it never could.
-      if used > 0 and used + count > limit then
+      if count > limit then
+        -- Larger than the whole window's budget: no wait would let it pass.
+        reply = {'toolarge', limit}
+      elseif used + count > limit then
+        -- Refused whole; it fits once this window ends.
         local ttl = redis.call('PTTL', rate_key)
         if ttl < 1 then ttl = 1 end
         reply = {'rate', ttl}
@@ -98,43 +105,6 @@ local function ingest_append(keys, args)
     replies[s] = reply
   end
   return replies
-end
-
--- Stream ids compare as two integers, never as strings ("9-0" < "10-0").
-local function id_less(a, b)
-  local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
-  local b_ms, b_seq = string.match(b, '^(%d+)-(%d+)$')
-  a_ms, b_ms = tonumber(a_ms), tonumber(b_ms)
-  if a_ms ~= b_ms then return a_ms < b_ms end
-  return tonumber(a_seq) < tonumber(b_seq)
-end
-
--- ingest_trim: drop entries every consumer group has finished with, never a pending or an
--- undelivered one (MAXLEN would), keeping at least ARGV[1] newest entries for the recent view.
--- Atomic, so no group can move between the check and the trim.
--- KEYS: stream   ARGV: 1 entries to keep   Returns {entries removed, MINID used or ""}
-local function ingest_trim(keys, args)
-  local stream = keys[1]
-  local keep = tonumber(args[1])
-  if redis.call('XLEN', stream) <= keep then return {0, ''} end
-  local groups = redis.call('XINFO', 'GROUPS', stream)
-  -- No group yet: nobody has read anything, so everything is still needed.
-  if #groups == 0 then return {0, ''} end
-  local newest_kept = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', keep)
-  if #newest_kept < keep then return {0, ''} end
-  local min_id = newest_kept[#newest_kept][1]
-  for _, group in ipairs(groups) do
-    local info = {}
-    for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
-    -- The oldest entry this group still needs: its oldest pending one, else the next undelivered
-    -- (last-delivered-id itself is kept: it is harmless and saves computing its successor).
-    local needed = info['last-delivered-id']
-    if tonumber(info['pending']) > 0 then
-      needed = redis.call('XPENDING', stream, info['name'])[2]
-    end
-    if id_less(needed, min_id) then min_id = needed end
-  end
-  return {redis.call('XTRIM', stream, 'MINID', min_id), min_id}
 end
 
 -- ingest_replay: move dead letters back to the main stream, each one atomically: if the
@@ -175,6 +145,25 @@ local function ingest_replay(keys, args)
   return {replayed, missing}
 end
 
+
+-- ingest_release_consumer: delete a consumer of the group if it holds no pending entry (the
+-- process route's consumers would otherwise accumulate). DELCONSUMER drops a consumer's
+-- pending entries with it, so the check and the delete are one atomic step.
+-- KEYS: stream   ARGV: group, consumer   Returns 1 if deleted, else 0
+local function ingest_release_consumer(keys, args)
+  local stream, group, consumer = keys[1], args[1], args[2]
+  for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', stream, group)) do
+    local fields = {}
+    for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+    if fields['name'] == consumer then
+      if tonumber(fields['pending']) > 0 then return 0 end
+      redis.call('XGROUP', 'DELCONSUMER', stream, group, consumer)
+      return 1
+    end
+  end
+  return 0
+end
+
 redis.register_function('ingest_append', ingest_append)
-redis.register_function('ingest_trim', ingest_trim)
 redis.register_function('ingest_replay', ingest_replay)
+redis.register_function('ingest_release_consumer', ingest_release_consumer)
