@@ -59,8 +59,10 @@ async def running_worker(url: str) -> AsyncIterator[None]:
         yield
     finally:
         worker.stop()
-        await asyncio.wait_for(task, 10)
-        await client.aclose()
+        try:
+            await asyncio.wait_for(task, 10)
+        finally:
+            await client.aclose()
 
 
 async def until(check: object, within_s: float = 10.0) -> None:
