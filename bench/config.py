@@ -15,10 +15,16 @@ REPO_ROOT = BENCH_DIR.parent
 WRK_DIR = BENCH_DIR / "wrk"
 RESULTS_DIR = BENCH_DIR / "results"
 
-ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7)
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 
 # Key names the bench passes to the producer and worker; they match the product defaults.
 STREAM_KEY = "telemetry:events"
+# Worker variants of the paired drains read streams of their own (same series), so each
+# stays warm and idle while another drains.
+WORKER_VARIANT_STREAMS = {
+    "native": "telemetry:events:native",  # INGEST_MAX_ENTRY_BYTES=0: native XREADGROUP
+    "nocollapse": "telemetry:events:nocollapse",  # bench/nocollapse_worker.py
+}
 DEAD_LETTER_KEY = "telemetry:events:dead-letter"
 CONSUMER_GROUP = "telemetry-workers"
 METRICS_KEY = "telemetry:metrics"
@@ -32,6 +38,11 @@ CEILING_DB = 2
 
 N_METRICS = 50
 N_SOURCES = 200
+# Gateway-shaped traffic (issue 11): HTTP batches of 100 = 5 sources x 20 metrics, occurredAt
+# left to the server, so every event of a batch has the same millisecond.
+GATEWAY_METRICS = 20
+GATEWAY_SOURCES = 100
+GATEWAY_BATCH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +62,21 @@ class BenchConfig:
     e2e_connections: int = 32
     probe_rate: float = 20.0
     redis_benchmark_requests: int | None = None  # None: calibrate to duration_s
+    # Scenario 8, the sustained-capacity ramp: offered events/s per step, per load shape.
+    capacity_step_s: float = 60.0
+    capacity_batch_rates: tuple[int, ...] = (
+        10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000, 120_000, 150_000,
+    )  # fmt: skip
+    capacity_single_rates: tuple[int, ...] = (2_000, 4_000, 6_000, 8_000, 10_000, 12_000, 15_000)
+    capacity_baseline_rates: tuple[int, ...] = (500, 1_000, 1_500, 2_000, 3_000, 4_000)
+    capacity_batch_connections: int = 64
+    capacity_single_connections: int = 128
+    # The baseline's redis-py pool refuses past ~100 concurrent requests (MaxConnectionsError,
+    # a 500): at its rates 32 connections are plenty, the reading most favourable to it.
+    capacity_baseline_connections: int = 32
+    capacity_profile_s: float = 20.0
+    # Scenario 9: 1..N producer processes and 1..N workers.
+    scaling_processes: tuple[int, ...] = (1, 2, 3)
     scenarios: tuple[int, ...] = ALL_SCENARIOS
     install_wrk: bool = True
     profile: bool = False
@@ -68,6 +94,12 @@ class BenchConfig:
             baseline_events=2_000,
             e2e_duration_s=3.0,
             redis_benchmark_requests=0,
+            capacity_step_s=2.0,
+            capacity_batch_rates=(20_000, 150_000),
+            capacity_single_rates=(2_000, 15_000),
+            capacity_baseline_rates=(500, 4_000),
+            capacity_profile_s=0.0,
+            scaling_processes=(1, 2),
             quick=True,
         )
 
@@ -84,6 +116,9 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     parser.add_argument("--e2e-rate", type=int, help="offered events/s end to end (default 2000)")
     parser.add_argument("--drain-events", type=int, help="worker backlog size (default 200000)")
     parser.add_argument("--baseline-events", type=int, help="baseline backlog (default 20000)")
+    parser.add_argument(
+        "--step", type=float, help="seconds per step of the capacity ramp (default 60)"
+    )
     parser.add_argument(
         "--only", help="comma-separated scenario numbers to run, e.g. 1,2,6 (default all)"
     )
@@ -106,6 +141,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         ("e2e_rate", "e2e_rate"),
         ("drain_events", "drain_events"),
         ("baseline_events", "baseline_events"),
+        ("step", "capacity_step_s"),
         ("results_dir", "results_dir"),
     ):
         value = getattr(args, attr)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -15,6 +16,7 @@ from bench.config import (
     PRODUCT_DB,
     SERIES_PREFIX,
     STREAM_KEY,
+    WORKER_VARIANT_STREAMS,
 )
 from bench.loadgen import log
 from bench.procs import (
@@ -51,6 +53,8 @@ class Bench:
     servers: dict[str, Server] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     profiles: dict[str, tuple[str, ProfileSummary]] = field(default_factory=dict)
+    # State scenarios hand on to later ones (e.g. the drains' timeline of occurredAt).
+    state: dict[str, Any] = field(default_factory=dict)
     _clients: dict[int, redis.Redis] = field(default_factory=dict)
 
     # --- Redis ---------------------------------------------------------------------------
@@ -121,12 +125,18 @@ class Bench:
         for name in list(self.servers):
             self.stop(name)
 
-    def producer(self, workers: int = 1, *, metrics: bool = True) -> Server | None:
+    def producer(
+        self, workers: int = 1, *, metrics: bool = True, max_backlog: int | None = None
+    ) -> Server | None:
         """`ingest-producer` with `workers` uvicorn processes, or None (reason recorded).
 
         ``metrics=False`` runs it with INGEST_METRICS=off, to measure what metrics cost.
+        ``max_backlog`` sets INGEST_MAX_BACKLOG (default: 10^9, no backpressure; the
+        capacity ramp runs with the product's default and a worker draining).
         """
         name = f"producer-{workers}p" + ("" if metrics else "-nometrics")
+        if max_backlog is not None:
+            name += "-backlog"
         if name in self.servers:
             return self.servers[name]
         script = venv_script("ingest-producer")
@@ -140,26 +150,39 @@ class Bench:
             INGEST_HTTP_WORKERS=str(workers),
             INGEST_METRICS="on" if metrics else "off",
         )
+        if max_backlog is not None:
+            env["INGEST_MAX_BACKLOG"] = str(max_backlog)
         server = Server(
             name, [str(script)], env, self.workdir / "logs",
             ready=http_ready(f"http://{HOST}:{port}/ready"), port=port,
         )  # fmt: skip
         return self._start(server)
 
-    def worker(self, index: int) -> Server | None:
-        """`ingest-worker` process number `index` (its own consumer name)."""
-        name = f"worker-{index}"
+    def worker(self, index: int, variant: str = "") -> Server | None:
+        """`ingest-worker` process number `index` (its own consumer name).
+
+        ``variant`` "native" runs it with INGEST_MAX_ENTRY_BYTES=0, "nocollapse" runs
+        bench/nocollapse_worker.py; each reads its own stream (WORKER_VARIANT_STREAMS).
+        """
+        name = f"worker-{variant or index}"
         if name in self.servers:
             return self.servers[name]
         script = venv_script("ingest-worker")
         if script is None:
             self.unavailable.setdefault(name, "ingest-worker is not installed")
             return None
+        argv = [str(script)]
         # No metrics port: several workers run side by side on one host.
         env = self.product_env(
-            INGEST_CONSUMER_NAME=f"bench-worker-{index}", INGEST_WORKER_HTTP_PORT="0"
+            INGEST_CONSUMER_NAME=f"bench-worker-{variant or index}", INGEST_WORKER_HTTP_PORT="0"
         )
-        server = Server(name, [str(script)], env, self.workdir / "logs")
+        if variant:
+            env["INGEST_STREAM_KEY"] = WORKER_VARIANT_STREAMS[variant]
+        if variant == "native":
+            env["INGEST_MAX_ENTRY_BYTES"] = "0"
+        elif variant == "nocollapse":
+            argv = [sys.executable, "-m", "bench.nocollapse_worker"]
+        server = Server(name, argv, env, self.workdir / "logs")
         return self._start(server)
 
     def minimal_app(self) -> Server | None:

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bench.config import WRK_DIR
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 WRK_MARKER = "BENCH_JSON "
+STATUS_MARKER = "BENCH_STATUSES "  # printed by scripts that count non-2xx by status
 
 
 class LoadGenError(RuntimeError):
@@ -108,6 +109,8 @@ class WrkResult:
     p99_ms: float
     mean_ms: float
     cpu_percent: float
+    # connect/read/write/timeout counts, and non-2xx by status where the script reports it
+    error_kinds: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok_requests(self) -> int:
@@ -142,6 +145,13 @@ def run_wrk(
     if run.returncode != 0 or line is None:
         raise LoadGenError(f"wrk failed ({run.returncode}): {run.stderr.strip() or run.stdout}")
     data = json.loads(line[len(WRK_MARKER) :])
+    kinds = {k: int(data[f"errors_{k}"]) for k in ("connect", "read", "write", "timeout")}
+    status_line = next((ln for ln in run.stdout.splitlines() if ln.startswith(STATUS_MARKER)), "")
+    if status_line:
+        kinds |= {
+            f"status_{code}": int(n)
+            for code, n in json.loads(status_line[len(STATUS_MARKER) :]).items()
+        }
     return WrkResult(
         requests=int(data["requests"]),
         duration_s=int(data["duration_us"]) / 1e6,
@@ -155,6 +165,7 @@ def run_wrk(
         p99_ms=int(data["p99_us"]) / 1000,
         mean_ms=float(data["mean_us"]) / 1000,
         cpu_percent=run.cpu_percent,
+        error_kinds={k: n for k, n in kinds.items() if n},
     )
 
 

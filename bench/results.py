@@ -100,6 +100,9 @@ class Results:
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)
     profiles: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    # Scenario-specific data (the capacity ramps, the scaling table) and their Markdown.
+    data: dict[str, Any] = field(default_factory=dict)
+    tables: list[tuple[str, str]] = field(default_factory=list)
 
     def figure(self, key: str, scenario: int, label: str, unit: str) -> Figure:
         if key not in self.figures:
@@ -154,6 +157,7 @@ class Results:
             },
             "memory": self.memory,
             "profiles": self.profiles,
+            "data": self.data,
             "errors": self.errors,
         }
 
@@ -268,6 +272,8 @@ def render_report(results: Results) -> str:
         "",
         render_markdown(results),
     ]
+    for title, table in results.tables:
+        parts += ["", title, "", table]
     memory = render_memory(results)
     if memory:
         parts += ["", "Memory (scenario 7; RSS of the whole process tree):", "", memory]

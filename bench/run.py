@@ -26,16 +26,26 @@ from typing import TYPE_CHECKING
 from bench.config import REPO_ROOT, BenchConfig, parse_args
 from bench.context import Bench
 from bench.loadgen import ensure_wrk, log
+from bench.plot import plot_capacity
 from bench.profile import save as save_profiles
 from bench.results import Results, render_report
-from bench.scenarios import batch, ceilings, drain, e2e, memory, single_event
+from bench.scenarios import (
+    batch,
+    capacity,
+    ceilings,
+    drain,
+    e2e,
+    memory,
+    scaling,
+    single_event,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from ingest_devtools.localredis import LocalRedis
 
-WRK_SCENARIOS = {1, 2, 3, 5, 6}
+WRK_SCENARIOS = {1, 2, 3, 5, 6, 8, 9}
 
 
 def _phases(config: BenchConfig) -> list[tuple[str, Callable[[Bench], None]]]:
@@ -47,10 +57,18 @@ def _phases(config: BenchConfig) -> list[tuple[str, Callable[[Bench], None]]]:
         phases.append(("1/2/6 single event: minimal route, producer, baseline", single_event.run))
     if 3 in wanted:
         phases.append(("3 batches", batch.run))
+    if 9 in wanted:  # before any worker runs: a worker would drain what the producers append
+        phases.append(("9 scaling: 1-3 producer processes", scaling.run_producers))
     if wanted & {4, 6}:
         phases.append(("4/6 drain: worker and baseline", drain.run))
+    # Before 5 and 8: its drains write occurredAt in the past, theirs write "now", and
+    # series take later samples faster than earlier ones.
+    if 9 in wanted:
+        phases.append(("9 scaling: 1-3 worker processes", scaling.run_workers))
     if 5 in wanted:
         phases.append(("5 end to end", e2e.run))
+    if 8 in wanted:
+        phases.append(("8 sustained capacity ramps", capacity.run))
     return phases
 
 
@@ -174,9 +192,19 @@ def run_bench(config: BenchConfig, workdir: Path | None = None) -> Results:
     return results
 
 
-def write_results(results: Results, results_dir: Path, quick: bool) -> tuple[Path, Path]:
+def write_results(results: Results, results_dir: Path, quick: bool) -> list[Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
     stem = str(results.meta.get("date")) + ("-quick" if quick else "")
+    written: list[Path] = []
+    if results.data.get("capacity"):
+        title = f"Capacity ramps, {results.meta.get('date')} ({results.meta.get('machine')})"
+        plot = plot_capacity(results.data["capacity"], results_dir / f"{stem}-capacity.png", title)
+        if plot is not None:
+            results.meta["capacity_plot"] = plot.name
+            results.tables.append(
+                ("Capacity plot:", f"![capacity ramps]({plot.name}) (`bench/results/{plot.name}`)")
+            )
+            written.append(plot)
     paths = (results_dir / f"{stem}.json", results_dir / f"{stem}.md")
     for path, text in (
         (paths[0], json.dumps(results.to_json(), indent=2, default=str) + "\n"),
@@ -185,7 +213,7 @@ def write_results(results: Results, results_dir: Path, quick: bool) -> tuple[Pat
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)
-    return paths
+    return [*paths, *written]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,13 @@
-"""Scenarios 4 (worker drain, 1 then 2 processes) and 6 (baseline drain at count 10/1000).
+"""Scenarios 4 (worker drains) and 6 (baseline drain at count 10/1000).
 
 A backlog is appended server-side in one transaction while the consumers are blocked on
 the stream, so they all see it at the instant EXEC returns; the clock stops at the first
-poll (every 5 ms) where XPENDING is 0 and the group's lag is 0. Each repetition drains the
-worker's backlog and then the baseline's, back to back, so their ratios are paired.
+poll (every 5 ms) where XPENDING is 0 and the group's lag is 0. Each repetition drains, back
+to back: the worker on distinct timestamps, the baseline (count 10, then 1000), the worker
+with INGEST_MAX_ENTRY_BYTES=0 (native reads), then gateway-shaped backlogs (many events per
+metric per millisecond) with the worker, its native-read twin and a twin that does not
+collapse same-millisecond samples; so every ratio between them is paired. The variants read
+streams of their own and stay warm. Scaling to 2 and 3 workers is scenario 9.
 """
 
 from __future__ import annotations
@@ -20,14 +24,13 @@ from bench.config import (
     CONSUMER_GROUP,
     DEAD_LETTER_KEY,
     METRICS_KEY,
-    N_METRICS,
-    N_SOURCES,
     PRODUCT_DB,
     SERIES_PREFIX,
     STREAM_KEY,
+    WORKER_VARIANT_STREAMS,
 )
 from bench.loadgen import log
-from bench.prefill import now_ms, prefill
+from bench.prefill import DISTINCT, GATEWAY, GATEWAY_REORDERED, Layout, now_ms, prefill
 from bench.procs import own_cpu_seconds
 from bench.profile import profiled
 from bench.scenarios.common import scratch_figure
@@ -41,9 +44,16 @@ POLL_S = 0.005
 WORKER_READY_TIMEOUT_S = 30.0
 PROCESS_PATH = "/api/ingest/workers/process"
 WORKER_1P = "worker.drain.1p"
-WORKER_2P = "worker.drain.2p"
 WORKER_COLD = "worker.drain.cold"
-WORKER_TARGET = 50_000.0
+WORKER_NATIVE = "worker.drain.native"
+GATEWAY_1P = "worker.drain.gateway"
+GATEWAY_NATIVE = "worker.drain.gateway.native"
+GATEWAY_NOCOLLAPSE = "worker.drain.gateway.nocollapse"
+GATEWAY_REORDERED_KEY = "worker.drain.gateway.reordered"
+WORKER_TARGET = 140_000.0  # issue 11: one worker process, distinct timestamps
+# Timeline headroom: the drains of scenarios 4 and 9 take their occurredAt from one range
+# that ends two minutes before the run began (the HTTP scenarios write "now" later).
+TIMELINE_MS = 6 * 3_600_000
 
 
 def baseline_key(count: int) -> str:
@@ -52,18 +62,31 @@ def baseline_key(count: int) -> str:
 
 @dataclass
 class Timeline:
-    """Hands out non-overlapping occurredAt ranges (1 ms per event) in the recent past."""
+    """Hands out non-overlapping, increasing occurredAt ranges in the recent past.
+
+    Series only ever get later samples from it (out-of-order writes cost Redis more), so one
+    timeline serves every drain of the run (``timeline(bench)``).
+    """
 
     next_ms: int
+    end_ms: int
 
-    @classmethod
-    def for_events(cls, total_events: int) -> Timeline:
-        return cls(now_ms() - total_events - 120_000)
-
-    def take(self, events: int) -> int:
+    def take(self, events: int, layout: Layout = DISTINCT) -> int:
         start = self.next_ms
-        self.next_ms += events
+        self.next_ms += layout.milliseconds(events)
+        if self.next_ms > self.end_ms:
+            msg = "the drains' timeline ran into the present: raise TIMELINE_MS"
+            raise RuntimeError(msg)
         return start
+
+
+def timeline(bench: Bench) -> Timeline:
+    """The run's one timeline for prefilled backlogs."""
+    found = bench.state.get("timeline")
+    if not isinstance(found, Timeline):
+        end = now_ms() - 120_000
+        found = bench.state["timeline"] = Timeline(end - TIMELINE_MS, end)
+    return found
 
 
 def group_state(client: redis.Redis, stream: str, group: str) -> tuple[int, int] | None:
@@ -88,13 +111,17 @@ def group_state(client: redis.Redis, stream: str, group: str) -> tuple[int, int]
 
 
 def wait_drained(
-    client: redis.Redis, workers: list[Server], timeout_s: float, total: int
+    client: redis.Redis,
+    workers: list[Server],
+    timeout_s: float,
+    total: int,
+    stream: str = STREAM_KEY,
 ) -> float | None:
     """Monotonic time when nothing is pending or undelivered; None on timeout or death."""
     deadline = time.monotonic() + timeout_s
     next_report = time.monotonic() + 10
     while time.monotonic() < deadline:
-        state = group_state(client, STREAM_KEY, CONSUMER_GROUP)
+        state = group_state(client, stream, CONSUMER_GROUP)
         now = time.monotonic()
         if state is not None and state == (0, 0):
             return now
@@ -108,12 +135,16 @@ def wait_drained(
     return None
 
 
-def start_worker(bench: Bench, index: int) -> Server | None:
-    """Start worker `index` and wait until its consumer is registered in the group."""
-    if f"worker-{index}" in bench.servers:
-        return bench.servers[f"worker-{index}"]
+def start_worker(bench: Bench, index: int, variant: str = "") -> Server | None:
+    """Start worker `index` (or a variant) and wait until its consumer is in the group."""
+    name = f"worker-{variant or index}"
+    if name in bench.servers:
+        return bench.servers[name]
     client = bench.client(PRODUCT_DB)
-    if index == 1:
+    stream = WORKER_VARIANT_STREAMS.get(variant, STREAM_KEY)
+    if variant:
+        client.delete(stream)
+    elif index == 1:
         # A fresh stream: the worker creates its group at 0 and must not inherit the HTTP
         # scenarios' events (nor a group some other process made).
         client.delete(STREAM_KEY, DEAD_LETTER_KEY)
@@ -121,10 +152,10 @@ def start_worker(bench: Bench, index: int) -> Server | None:
         # drain measures the worker, not the allocator (seen: 40k/s here vs 100k/s fresh).
         client.memory_purge()
         log(f"  redis before the drain: {redis_memory_summary(client)}")
-    server = bench.worker(index)
+    server = bench.worker(index, variant)
     if server is None:
         return None
-    consumer = f"bench-worker-{index}".encode()
+    consumer = f"bench-worker-{variant or index}".encode()
     deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if not server.alive():
@@ -132,7 +163,7 @@ def start_worker(bench: Bench, index: int) -> Server | None:
             bench.stop(server.name)
             return None
         try:
-            consumers = client.xinfo_consumers(STREAM_KEY, CONSUMER_GROUP)
+            consumers = client.xinfo_consumers(stream, CONSUMER_GROUP)
         except redis.ResponseError:
             consumers = []
         if any(c["name"] == consumer for c in consumers):
@@ -143,16 +174,49 @@ def start_worker(bench: Bench, index: int) -> Server | None:
     return None
 
 
+def command_stats(client: redis.Redis) -> dict[str, tuple[int, float]]:
+    """INFO commandstats as {command: (calls, usec)}."""
+    stats: dict[str, tuple[int, float]] = {}
+    for name, data in client.info("commandstats").items():
+        if isinstance(data, dict):
+            stats[name.removeprefix("cmdstat_")] = (int(data["calls"]), float(data["usec"]))
+    return stats
+
+
+def stats_delta(
+    before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]], seconds: float
+) -> dict[str, dict[str, float]]:
+    """Per command: calls, usec_per_call and Redis CPU % spent in it over `seconds`."""
+    out: dict[str, dict[str, float]] = {}
+    for name, (calls, usec) in after.items():
+        calls0, usec0 = before.get(name, (0, 0.0))
+        if calls > calls0:
+            out[name] = {
+                "calls": calls - calls0,
+                "usec_per_call": round((usec - usec0) / (calls - calls0), 2),
+                "cpu_percent": round((usec - usec0) / 1e4 / seconds, 1) if seconds > 0 else 0.0,
+            }
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["cpu_percent"]))
+
+
 def drain_worker_once(
-    bench: Bench, workers: list[Server], fig: Figure, events: int, base_ms: int
+    bench: Bench,
+    workers: list[Server],
+    fig: Figure,
+    events: int,
+    base_ms: int,
+    *,
+    layout: Layout = DISTINCT,
+    stream: str = STREAM_KEY,
 ) -> None:
     client = bench.client(PRODUCT_DB)
     redis_pid = bench.redis_server.pid
     dead_before = client.xlen(DEAD_LETTER_KEY)
     cpu_before = sum(w.cpu_seconds() for w in workers)
-    redis_cpu_before = _cpu_of(redis_pid)
-    started = prefill(client, STREAM_KEY, events, base_ms)
-    ended = wait_drained(client, workers, max(120.0, events / 500), events)
+    redis_cpu_before = cpu_of(redis_pid)
+    stats_before = command_stats(client)
+    started = prefill(client, stream, events, base_ms, layout)
+    ended = wait_drained(client, workers, max(120.0, events / 500), events, stream)
     if ended is None:
         fig.fail("drain did not finish")
         fig.add(None)
@@ -160,20 +224,26 @@ def drain_worker_once(
     elapsed = ended - started
     rate = events / elapsed
     worker_cpu = 100.0 * (sum(w.cpu_seconds() for w in workers) - cpu_before) / elapsed
-    redis_cpu = 100.0 * (_cpu_of(redis_pid) - redis_cpu_before) / elapsed
+    redis_cpu = 100.0 * (cpu_of(redis_pid) - redis_cpu_before) / elapsed
+    commands = stats_delta(stats_before, command_stats(client), elapsed)
     dead = client.xlen(DEAD_LETTER_KEY) - dead_before
     if dead:
         fig.fail(f"{dead} events dead-lettered")
-    missing = _last_sample_missing(client, events, base_ms)
+    missing = _last_sample_missing(client, events, base_ms, layout)
     if missing:
         fig.fail(missing)
     fig.add(rate, server_cpu=worker_cpu)
     fig.extra.setdefault("redis_cpu_percent", []).append(redis_cpu)
     fig.extra.setdefault("seconds", []).append(elapsed)
-    client.xtrim(STREAM_KEY, maxlen=0, approximate=False)
+    fig.extra.setdefault("commandstats", []).append(
+        {name: commands[name] for name in list(commands)[:6]}
+    )
+    client.xtrim(stream, maxlen=0, approximate=False)
+    madd = commands.get("ts.madd", {})
     log(
         f"  {fig.label}: {rate:,.0f} events/s ({events:,} in {elapsed:.2f} s, "
-        f"worker CPU {worker_cpu:.0f}%, redis CPU {redis_cpu:.0f}%, dead-lettered {dead})"
+        f"worker CPU {worker_cpu:.0f}%, redis CPU {redis_cpu:.0f}%, dead-lettered {dead}, "
+        f"TS.MADD {madd.get('usec_per_call', 0):,.0f} us/call)"
     )
 
 
@@ -217,26 +287,27 @@ def drain_baseline_once(
     log(f"  {fig.label}: {rate:,.0f} events/s ({calls} calls, {elapsed:.2f} s)")
 
 
-def _last_sample_missing(client: redis.Redis, events: int, base_ms: int) -> str | None:
+def _last_sample_missing(
+    client: redis.Redis, events: int, base_ms: int, layout: Layout
+) -> str | None:
     """None if the backlog's last event is readable in its per-source series, else why not."""
     try:
         from ingest_shared.keys import Keys
     except ImportError:
         return None  # nothing to check against yet
-    i = events - 1
-    metric, source = f"metric-{(i // N_SOURCES) % N_METRICS}", f"sensor-{i % N_SOURCES}"
+    metric, source, ts = layout.event(events - 1, base_ms)
     keys = Keys(STREAM_KEY, DEAD_LETTER_KEY, METRICS_KEY, SERIES_PREFIX)
     key = keys.source_raw(metric, source)
     try:
         sample = client.execute_command("TS.GET", key)  # type: ignore[no-untyped-call]
     except redis.ResponseError as exc:
         return f"TS.GET {key}: {exc}"
-    if not sample or int(sample[0]) < base_ms + i:
+    if not sample or int(sample[0]) < ts:
         return f"last event not in {key}"
     return None
 
 
-def _cpu_of(pid: int | None) -> float:
+def cpu_of(pid: int | None) -> float:
     import psutil  # type: ignore[import-untyped,unused-ignore]
 
     if pid is None:
@@ -245,13 +316,14 @@ def _cpu_of(pid: int | None) -> float:
     return float(times.user + times.system)
 
 
-def _worker_figure(bench: Bench) -> tuple[Figure, Server | None]:
+def _worker_figures(bench: Bench) -> tuple[Figure, Server | None]:
     cfg, results = bench.config, bench.results
     n = cfg.drain_events
-    shape = f"{N_METRICS} metrics x {N_SOURCES} sources"
+    shape = f"{DISTINCT.n_metrics} metrics x {DISTINCT.n_sources} sources"
     fig = results.figure(
-        WORKER_1P, 4, f"Worker drain, 1 process ({n:,} events, {shape})", "events/s"
-    )
+        WORKER_1P, 4, f"Worker drain, 1 process ({n:,} events, {shape}, distinct timestamps)",
+        "events/s",
+    )  # fmt: skip
     results.target("worker_1p", "events/s", WORKER_1P, WORKER_TARGET)
     if 6 in cfg.scenarios:
         for count, threshold in ((10, 30.0), (1000, 5.0)):
@@ -264,6 +336,70 @@ def _worker_figure(bench: Bench) -> tuple[Figure, Server | None]:
     if worker is None:
         fig.fail(bench.why_unavailable("worker-1"))
     return fig, worker
+
+
+@dataclass
+class Variant:
+    """One paired drain of each repetition: which worker, which stream, which backlog."""
+
+    fig: Figure
+    server: Server
+    stream: str
+    layout: Layout
+
+
+def _variants(bench: Bench, worker: Server) -> list[Variant]:
+    """The paired drains after the main one: native reads, gateway backlogs, no collapsing."""
+    results, n = bench.results, bench.config.drain_events
+    shape = f"{GATEWAY.n_metrics} metrics x {GATEWAY.n_sources} sources, 5 per metric per ms"
+    wanted = (
+        (WORKER_NATIVE, "native", DISTINCT, "Worker drain, INGEST_MAX_ENTRY_BYTES=0 (native "
+         f"XREADGROUP), distinct timestamps ({n:,} events)"),
+        (GATEWAY_1P, "", GATEWAY, f"Worker drain, gateway batches ({n:,} events, {shape})"),
+        (GATEWAY_NATIVE, "native", GATEWAY,
+         "Worker drain, gateway batches, INGEST_MAX_ENTRY_BYTES=0"),
+        (GATEWAY_NOCOLLAPSE, "nocollapse", GATEWAY,
+         "Worker drain, gateway batches, same-ms samples NOT collapsed"),
+        (GATEWAY_REORDERED_KEY, "", GATEWAY_REORDERED,
+         "Worker drain, gateway batches, 1 batch in 4 one ms late (as live traffic)"),
+    )  # fmt: skip
+    results.target(
+        "bounded_read_cost", "default / native", WORKER_1P, None,
+        versus=WORKER_NATIVE, versus_label="INGEST_MAX_ENTRY_BYTES=0",
+    )  # fmt: skip
+    results.target(
+        "bounded_read_cost_gateway", "default / native", GATEWAY_1P, None,
+        versus=GATEWAY_NATIVE, versus_label="INGEST_MAX_ENTRY_BYTES=0",
+    )  # fmt: skip
+    results.target(
+        "collapse_gain", "collapsed / not", GATEWAY_1P, None,
+        versus=GATEWAY_NOCOLLAPSE, versus_label="not collapsed",
+    )  # fmt: skip
+    results.target(
+        "reordered_cost", "reordered / in order", GATEWAY_REORDERED_KEY, None,
+        versus=GATEWAY_1P, versus_label="gateway in order",
+    )  # fmt: skip
+    results.target(
+        "gateway_vs_distinct", "gateway / distinct", GATEWAY_1P, None,
+        versus=WORKER_1P, versus_label="distinct timestamps",
+    )  # fmt: skip
+    variants: list[Variant] = []
+    tl = timeline(bench)
+    for key, variant, layout, label in wanted:
+        fig = results.figure(key, 4, label, "events/s")
+        server = worker if not variant else start_worker(bench, 1, variant)
+        if server is None:
+            fig.fail(bench.why_unavailable(f"worker-{variant}"))
+            continue
+        stream = WORKER_VARIANT_STREAMS.get(variant, STREAM_KEY)
+        if variant and not any(v.server is server for v in variants):
+            # Its own cache of known series is empty: one unmeasured drain fills it.
+            log(f"scenario 4: warm-up drain of worker-{variant} (not measured)")
+            drain_worker_once(
+                bench, [server], scratch_figure(fig, "warm-up"), n, tl.take(n), stream=stream
+            )
+        variants.append(Variant(fig, server, stream, layout))
+    return variants
 
 
 def _baseline_figures(bench: Bench) -> tuple[list[tuple[int, Figure]], Server | None]:
@@ -291,78 +427,52 @@ def run(bench: Bench) -> None:
     cfg = bench.config
     n, nb = cfg.drain_events, cfg.baseline_events
     want_worker, want_baseline = 4 in cfg.scenarios, 6 in cfg.scenarios
-    timeline = Timeline.for_events(
-        (cfg.repetitions + 2)
-        * (2 * n * want_worker + nb * len(cfg.baseline_counts) * want_baseline)
-    )
-    w1_fig, worker = _worker_figure(bench) if want_worker else (None, None)
+    tl = timeline(bench)
+    w1_fig, worker = _worker_figures(bench) if want_worker else (None, None)
     base_figs, baseline = _baseline_figures(bench) if want_baseline else ([], None)
 
     # First sight creates every series (and rule): drain once unmeasured, and show that cold
     # rate on its own row, so the measured repetitions all run in the same steady state.
+    variants: list[Variant] = []
     if worker is not None and w1_fig is not None:
         log("scenario 4: first drain, creating the series (reported separately)")
         cold = bench.results.figure(
             WORKER_COLD, 4, f"Worker drain, 1 process, first sight ({n:,} events, series created)",
             "events/s",
         )  # fmt: skip
-        drain_worker_once(bench, [worker], cold, n, timeline.take(n))
+        drain_worker_once(bench, [worker], cold, n, tl.take(n))
+        variants = _variants(bench, worker)
     if baseline is not None:
         for count, fig in base_figs:
             warm = max(count, nb // 10)
             scratch = scratch_figure(fig, f"warm-up, {warm} events")
             drain_baseline_once(
-                bench, baseline, scratch, count=count, events=warm, base_ms=timeline.take(warm)
+                bench, baseline, scratch, count=count, events=warm, base_ms=tl.take(warm)
             )
 
     for rep in range(cfg.repetitions):
         log(f"scenarios 4/6 drain: repetition {rep + 1}/{cfg.repetitions}")
         if worker is not None and w1_fig is not None:
-            drain_worker_once(bench, [worker], w1_fig, n, timeline.take(n))
+            drain_worker_once(bench, [worker], w1_fig, n, tl.take(n))
             if rep == 0:
                 bench.mark("worker-1", "warm:4")
         if baseline is not None:
             for count, fig in base_figs:
                 drain_baseline_once(
-                    bench, baseline, fig, count=count, events=nb, base_ms=timeline.take(nb)
+                    bench, baseline, fig, count=count, events=nb, base_ms=tl.take(nb)
                 )
+        for v in variants:
+            drain_worker_once(
+                bench, [v.server], v.fig, n, tl.take(n, v.layout), layout=v.layout,
+                stream=v.stream,
+            )  # fmt: skip
     bench.stop("baseline")
+    for variant in WORKER_VARIANT_STREAMS:
+        bench.stop(f"worker-{variant}")
     if cfg.profile and worker is not None and w1_fig is not None:
         log("scenario 4: profiled drain (not measured)")
         with profiled(bench, "worker-drain", worker):
-            drain_worker_once(
-                bench, [worker], scratch_figure(w1_fig, "profiled"), n, timeline.take(n)
-            )
-    if want_worker:
-        _two_workers(bench, timeline)
-
-
-def _two_workers(bench: Bench, timeline: Timeline) -> None:
-    cfg, n = bench.config, bench.config.drain_events
-    fig = bench.results.figure(
-        WORKER_2P, 4, f"Worker drain, 2 processes ({n:,} events)", "events/s"
-    )
-    # Information only, and not paired in time: the 1-process repetitions ran earlier.
-    bench.results.target(
-        "worker_2p_vs_1p", "scaling", WORKER_2P, None, versus=WORKER_1P, versus_label="1 process"
-    )
-    first = start_worker(bench, 1)
-    second = start_worker(bench, 2) if first is not None else None
-    if first is None or second is None:
-        fig.fail(bench.why_unavailable("worker-2" if first else "worker-1"))
-        return
-    warm = max(1, n // 4)
-    log(f"scenario 4 (2 workers): warm-up drain of {warm:,} events (not measured)")
-    drain_worker_once(
-        bench, [first, second], scratch_figure(fig, "warm-up"), warm, timeline.take(warm)
-    )
-    for rep in range(cfg.repetitions):
-        log(f"scenario 4 (2 workers): repetition {rep + 1}/{cfg.repetitions}")
-        drain_worker_once(bench, [first, second], fig, n, timeline.take(n))
-        if rep == 0:
-            bench.mark("worker-2", "warm:4")
-    bench.mark("worker-2", "end")
-    bench.stop("worker-2")
+            drain_worker_once(bench, [worker], scratch_figure(w1_fig, "profiled"), n, tl.take(n))
 
 
 def redis_memory_summary(client: redis.Redis) -> str:

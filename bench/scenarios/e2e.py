@@ -55,9 +55,10 @@ class ProbeStats:
     latencies_ms: list[float] = field(default_factory=list)
     timeouts: int = 0
     rejected: int = 0
+    timeout_s: float = PROBE_TIMEOUT_S  # what a probe that never showed up counts as
 
     def percentile(self, q: float) -> float | None:
-        values = sorted(self.latencies_ms + [PROBE_TIMEOUT_S * 1000] * self.timeouts)
+        values = sorted(self.latencies_ms + [self.timeout_s * 1000] * self.timeouts)
         if not values:
             return None
         index = min(len(values) - 1, max(0, round(q / 100 * len(values) + 0.5) - 1))
@@ -68,11 +69,19 @@ class Probe:
     """Posts probe events and times how long each takes to become readable by TS.GET."""
 
     def __init__(
-        self, base_url: str, redis_url: str, series_key: Callable[[str, str], str]
+        self,
+        base_url: str,
+        redis_url: str,
+        series_key: Callable[[str, str], str],
+        *,
+        poll_s: float = POLL_S,
+        timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
         self.base_url = base_url
         self.redis_url = redis_url
         self.series_key = series_key
+        self.poll_s = poll_s
+        self.timeout_s = timeout_s
         self.last_ts: dict[str, int] = {}
         self.counter = 0
 
@@ -96,7 +105,7 @@ class Probe:
                 stats.rejected += 1
             return
         key = self.series_key(PROBE_METRIC, source)
-        deadline = accepted + PROBE_TIMEOUT_S
+        deadline = accepted + self.timeout_s
         while time.perf_counter() < deadline:
             try:
                 sample = await client.execute_command("TS.GET", key)  # type: ignore[no-untyped-call]
@@ -106,7 +115,7 @@ class Probe:
                 if stats is not None:
                     stats.latencies_ms.append((time.perf_counter() - accepted) * 1000)
                 return
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(self.poll_s)
         if stats is not None:
             stats.timeouts += 1
 

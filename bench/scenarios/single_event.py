@@ -1,4 +1,6 @@
-"""Scenarios 1 (minimal Litestar), 2 (producer, 1 and 2 processes) and 6 (baseline producer).
+"""Scenarios 1 (minimal Litestar), 2 (producer, 1 process) and 6 (baseline producer).
+
+More producer processes: scenario 9.
 
 The minimal route, the producer and the baseline run back to back inside each repetition,
 so the ratios between them are paired in time.
@@ -31,7 +33,6 @@ SCRIPT = "post_event.lua"
 
 MINIMAL = "ceiling.minimal"
 PRODUCER_1P = "producer.single.1p"
-PRODUCER_2P = "producer.single.2p"
 PRODUCER_NO_METRICS = "producer.single.1p.nometrics"
 BASELINE = "baseline.single"
 
@@ -126,32 +127,3 @@ def run(bench: Bench) -> None:
                 connections=conns,
             )
         reset_streams(bench)
-
-    if 2 in cfg.scenarios:
-        _two_processes(bench)
-
-
-def _two_processes(bench: Bench) -> None:
-    cfg = bench.config
-    fig = bench.results.figure(
-        PRODUCER_2P, 2, f"Producer single event, 2 processes, {cfg.connections} conns", "req/s"
-    )
-    bench.results.target(
-        "producer_2p_vs_1p",
-        "scaling",
-        PRODUCER_2P,
-        None,
-        versus=PRODUCER_1P,
-        versus_label="1 process",
-    )
-    server = _prepare(bench, fig, lambda: bench.producer(2), "producer-2p")
-    if server is None:
-        return
-    for rep in range(cfg.repetitions):
-        log(f"scenario 2 (2 processes): repetition {rep + 1}/{cfg.repetitions}")
-        measure(bench, server, fig, SCRIPT, connections=cfg.connections)
-        reset_streams(bench)
-        if rep == 0:
-            bench.mark("producer-2p", "warm:2")
-    bench.mark("producer-2p", "end")
-    bench.stop("producer-2p")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from ingest_shared.exceptions import ConfigurationError
-from ingest_shared.settings import load_settings
+from ingest_shared.settings import auto_http_workers, load_settings, usable_cpus
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -109,3 +109,18 @@ def test_short_or_unreadable_keys_are_refused(tmp_path: Path) -> None:
         load_settings({"INGEST_READ_KEYS": "short"})
     with pytest.raises(ConfigurationError, match="INGEST_API_KEYS_FILE"):
         load_settings({"INGEST_API_KEYS_FILE": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 1), (3, 1), (4, 2), (16, 8), (512, 64)])
+def test_auto_http_workers_is_half_the_cpus(cpus: int, expected: int) -> None:
+    assert auto_http_workers(cpus) == expected
+
+
+def test_http_workers_auto_by_default_or_a_count() -> None:
+    expected = auto_http_workers(usable_cpus())
+    assert load_settings({}).http_workers == expected
+    assert load_settings({"INGEST_HTTP_WORKERS": "AUTO"}).http_workers == expected
+    assert load_settings({"INGEST_HTTP_WORKERS": "3"}).http_workers == 3
+    for bad in ("0", "65", "many"):
+        with pytest.raises(ConfigurationError, match=r"INGEST_HTTP_WORKERS.*auto or a number"):
+            load_settings({"INGEST_HTTP_WORKERS": bad})
