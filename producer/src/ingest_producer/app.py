@@ -29,8 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from contextlib import AbstractAsyncContextManager
 
-    from redis.asyncio import Redis
-
+    from ingest_shared.redis_client import RedisClient
     from ingest_shared.settings import Settings
 
 logger = structlog.get_logger(__name__)
@@ -38,7 +37,7 @@ logger = structlog.get_logger(__name__)
 
 def create_app(
     settings: Settings,
-    redis: Redis,
+    redis: RedisClient,
     *,
     lifespan: Sequence[Callable[[Litestar], AbstractAsyncContextManager[None]]] = (),
     multiprocess_dir: str | None = None,

@@ -43,10 +43,10 @@ from ingest_shared.functions import (
 from ingest_shared.schema import Base
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
     from redis.typing import EncodableT
 
     from ingest_shared.functions import Idempotency, RateLimit
+    from ingest_shared.redis_client import RedisClient
     from ingest_shared.schema import EventOut
     from ingest_shared.settings import Settings
 
@@ -74,7 +74,7 @@ class EventAppender:
     """Appends events to the stream, coalescing concurrent requests into one round trip."""
 
     def __init__(
-        self, redis: Redis, settings: Settings, *, max_batch_events: int = MAX_BATCH_EVENTS
+        self, redis: RedisClient, settings: Settings, *, max_batch_events: int = MAX_BATCH_EVENTS
     ) -> None:
         self._redis = redis
         self._keys = settings.keys

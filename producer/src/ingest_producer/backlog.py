@@ -30,7 +30,7 @@ from ingest_shared.streams import ensure_group, is_transient
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from redis.asyncio import Redis
+    from ingest_shared.redis_client import RedisClient
 
 REFRESH_INTERVAL_S = 0.25
 STOP_TIMEOUT_S = 2.0
@@ -43,7 +43,7 @@ class BacklogMonitor:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         stream: str,
         group: str,
         max_backlog: int,
@@ -83,7 +83,7 @@ class BacklogMonitor:
         if isinstance(length, RedisError):
             raise length
         missing = isinstance(groups, RedisError) or _find_group(groups, self._group) is None
-        # The stream or the group is missing: Redis lost it, or nothing was set up yet.
+        # The stream or the group is missing: RedisClient lost it, or nothing was set up yet.
         if missing and self._may_create_group and await self._create_group():
             metrics.GROUP_RECREATED.inc()
             logger.error(

@@ -14,7 +14,6 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response.base import ASGIResponse
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from ingest_producer import metrics
@@ -47,7 +46,7 @@ from ingest_shared.functions import (
 )
 from ingest_shared.keys import Keys
 from ingest_shared.processor import BatchProcessor
-from ingest_shared.redis_client import call
+from ingest_shared.redis_client import RedisClient, call
 from ingest_shared.schema import (
     EVENT_DECODER,
     JSON_ENCODER,
@@ -96,7 +95,7 @@ _INGEST_ERRORS = {
             "Retry after `Retry-After` seconds; `detail` says which case applies. NOT "
             "enqueued: the workers are more than INGEST_MAX_BACKLOG entries behind, Redis "
             "could not be reached, refused the command (ACL) or is out of memory. MAY have been "
-            "enqueued: Redis did not answer in time after the append was sent, or, with "
+            "enqueued: RedisClient did not answer in time after the append was sent, or, with "
             "INGEST_DURABILITY, the AOF fsync or the replicas did not confirm it. Delivery is "
             "at least once: send an Idempotency-Key and retry with the same one, so a retry "
             "never duplicates"
@@ -333,7 +332,7 @@ def _overloaded(backlog: BacklogMonitor) -> HTTPException:
 
 
 def process_route(
-    redis: Redis, keys: Keys, group: str, processor: BatchProcessor
+    redis: RedisClient, keys: Keys, group: str, processor: BatchProcessor
 ) -> HTTPRouteHandler:
     """``POST /api/ingest/workers/process``: one batch through the worker's processor.
 
@@ -364,7 +363,7 @@ def process_route(
 
 
 async def read_new_entries(
-    redis: Redis, stream: str, group: str, consumer: str, count: int
+    redis: RedisClient, stream: str, group: str, consumer: str, count: int
 ) -> list[Entry]:
     """Up to ``count`` never-delivered entries (``>``), without blocking.
 

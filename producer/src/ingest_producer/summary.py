@@ -9,7 +9,6 @@ from typing import Annotated
 from litestar import get
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from ingest_producer.auth import ACCESS_OPT, Access
@@ -25,7 +24,7 @@ from ingest_producer.models import (
 from ingest_producer.openapi import ParameterOperation
 from ingest_shared import keys as k
 from ingest_shared.keys import Keys
-from ingest_shared.redis_client import call
+from ingest_shared.redis_client import RedisClient, call
 from ingest_shared.schema import now_ms
 
 # Replies that mean "nothing there yet" rather than a failure.
@@ -34,7 +33,7 @@ _NO_SERIES = "does not exist"
 _NO_KEY = "no such key"
 
 
-def query_routes(redis: Redis, keys: Keys, group: str) -> list[HTTPRouteHandler]:
+def query_routes(redis: RedisClient, keys: Keys, group: str) -> list[HTTPRouteHandler]:
     """The read routes, bound to their collaborators."""
 
     @get(
@@ -71,7 +70,7 @@ def query_routes(redis: Redis, keys: Keys, group: str) -> list[HTTPRouteHandler]
     return [summary, recent_events]
 
 
-async def read_summary(redis: Redis, keys: Keys, group: str) -> Summary:
+async def read_summary(redis: RedisClient, keys: Keys, group: str) -> Summary:
     """Two round trips whatever the number of metrics: queue counters, then every TS.GET."""
     pipe = redis.pipeline(transaction=False)
     pipe.xlen(keys.stream)
@@ -113,7 +112,7 @@ async def read_summary(redis: Redis, keys: Keys, group: str) -> Summary:
     return Summary(queue, summaries)
 
 
-async def read_recent(redis: Redis, keys: Keys, count: int) -> list[RecentEntry]:
+async def read_recent(redis: RedisClient, keys: Keys, count: int) -> list[RecentEntry]:
     """The newest ``count`` entries, whatever their writer put in them."""
     entries: list[tuple[bytes, dict[bytes, bytes]]] = await call(
         redis, "XREVRANGE", keys.stream, "+", "-", "COUNT", count
