@@ -30,7 +30,7 @@ def health_routes(
     @get(
         "/ready",
         tags=["health"],
-        summary="Ready: RedisClient answers PING and has TimeSeries",
+        summary="Ready: Redis answers PING and has TimeSeries",
         responses={
             200: ResponseSpec(Health, description="Ready", generate_examples=False),
             503: ResponseSpec(

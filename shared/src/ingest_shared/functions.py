@@ -19,7 +19,7 @@ import msgspec
 from redis.exceptions import ResponseError
 
 from ingest_shared import keys as k
-from ingest_shared.redis_client import call, call_at
+from ingest_shared.redis_client import call, call_at, each_primary
 from ingest_shared.schema import Base, EventOut
 
 if TYPE_CHECKING:
@@ -121,21 +121,23 @@ _CONFLICT = Conflict()
 
 
 async def load_library(redis: RedisClient, library: Library) -> None:
-    """(Re)load ``library``; safe to call from every process at every start.
+    """(Re)load ``library`` (on every primary of a cluster); safe to call from every process at
+    every start.
 
     A server still holding the single library of earlier releases has it deleted first (its
     function names clash); that is the one "already exists" error tolerated here.
     """
+    load = ("FUNCTION", "LOAD", "REPLACE", library.code)
     try:
-        await call(redis, "FUNCTION", "LOAD", "REPLACE", library.code)
+        await each_primary(redis, [load])
     except ResponseError as exc:
         if _ALREADY_EXISTS not in str(exc):
             raise
         try:
-            await call(redis, "FUNCTION", "DELETE", LEGACY_LIBRARY)
+            await each_primary(redis, [("FUNCTION", "DELETE", LEGACY_LIBRARY)])
         except ResponseError:
             raise exc from None  # the clash is with something else: report it
-        await call(redis, "FUNCTION", "LOAD", "REPLACE", library.code)
+        await each_primary(redis, [load])
 
 
 async def fcall(redis: RedisClient, library: Library, *args: EncodableT) -> Any:

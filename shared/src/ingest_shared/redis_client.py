@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -69,6 +69,30 @@ class RedisTls:
             "ssl_cert_reqs": "none" if self.verify == "none" else "required",
             "ssl_check_hostname": self.verify == "full",
         }
+
+
+@overload
+def create_redis(
+    url: str,
+    *,
+    socket_timeout: float,
+    connect_timeout: float = ...,
+    max_connections: int = ...,
+    tls: RedisTls | None = ...,
+    cluster: Literal[False] = ...,
+) -> Redis: ...
+
+
+@overload
+def create_redis(
+    url: str,
+    *,
+    socket_timeout: float,
+    connect_timeout: float = ...,
+    max_connections: int = ...,
+    tls: RedisTls | None = ...,
+    cluster: bool,
+) -> RedisClient: ...
 
 
 def create_redis(
@@ -298,10 +322,55 @@ async def _call_packed_on_cluster(cluster: RedisCluster, command: bytes, key: by
     raise RedisError(msg)
 
 
+async def pipeline_at(
+    redis: RedisClient, key: str, commands: Sequence[Sequence[EncodableT]]
+) -> list[Any]:
+    """``commands`` in order on ONE connection to the node that owns ``key``, in one round
+    trip; the replies, errors in place. For a write and the keyless ``WAIT``/``WAITAOF`` that
+    must confirm it: sent through a cluster client unpinned, the wait goes to another node and
+    confirms nothing. Every keyed command must be in ``key``'s slot.
+
+    On a cluster nothing is redirected: a MOVED reply means that command did not run there,
+    and what followed it on that connection confirms nothing. The slot table is then fixed and
+    the whole pipeline sent once more, to the new owner.
+    """
+    if not isinstance(redis, RedisCluster):
+        pipe = redis.pipeline(transaction=False)
+        for args in commands:
+            pipe.execute_command(*args)
+        return await pipe.execute(raise_on_error=False)
+    replies = await _pinned_pipeline(redis, key, commands)
+    moved = next((reply for reply in replies if isinstance(reply, MovedError)), None)
+    if moved is None:
+        return replies
+    await redis.nodes_manager.move_slot(moved)
+    return await _pinned_pipeline(redis, key, commands)
+
+
+async def _pinned_pipeline(
+    cluster: RedisCluster, key: str, commands: Sequence[Sequence[EncodableT]]
+) -> list[Any]:
+    node = cluster.get_node_from_key(key)
+    pipe = cluster.pipeline(transaction=False)
+    for args in commands:
+        pipe.execute_command(*args, target_nodes=node)
+    try:
+        return await pipe.execute(raise_on_error=False, allow_redirections=False)
+    except (RedisConnectionError, RedisTimeoutError):
+        # The node may be gone (a failover): read the slot table again for the next call, and
+        # report the original error (it tells whether anything was sent).
+        with contextlib.suppress(RedisError, OSError):
+            await cluster.nodes_manager.initialize()
+        raise
+
+
 async def each_primary(redis: RedisClient, commands: Sequence[Sequence[EncodableT]]) -> list[Any]:
     """Run every (keyless) command on every primary: a single node answers once. One round trip
     per node; the replies per node, each a list of the commands' replies, in order."""
     if isinstance(redis, RedisCluster):
+        # A client that has sent nothing yet knows no node: get_primaries() would be empty,
+        # and the commands would silently go nowhere. A no-op once initialized.
+        await redis.initialize()
         nodes = redis.get_primaries()
         cluster_pipe = redis.pipeline(transaction=False)
         for node in nodes:

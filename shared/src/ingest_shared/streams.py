@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, TypeAlias
 from redis.exceptions import (
     AskError,
     BusyLoadingError,
-    ClusterDownError,
+    ClusterError,
     MovedError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -36,7 +37,14 @@ Entry: TypeAlias = tuple[bytes, dict[bytes, bytes] | None]
 # Server replies that mean "not now" rather than "never": retry them, ack nothing.
 # redis-py turns most of them into their own classes and strips the code from the message
 # (an OOM reply reads "command not allowed when ..."), so classes are checked, not prefixes.
-_TRANSIENT_REPLIES = (OutOfMemoryError, ReadOnlyError, TryAgainError, AskError, ClusterDownError)
+_TRANSIENT_REPLIES = (
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+    AskError,
+    ClusterError,  # ClusterDownError; and "TTL exhausted" after too many TRYAGAIN/MOVED
+    SlotNotCoveredError,  # a slot with no live primary for a moment (a failover)
+)
 # Codes redis-py leaves in the message; the space keeps BUSYGROUP and BUSYKEY out.
 _TRANSIENT_PREFIXES = ("BUSY ", "NOREPLICAS ")
 # uvloop raises RuntimeError("... the handler is closed") for a write on a connection the peer

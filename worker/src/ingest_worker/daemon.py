@@ -357,7 +357,7 @@ class Worker:
         self._disturbed = True
         commands = _STEP_COMMANDS.get(step)
         if isinstance(exc, OutOfMemoryError):
-            # Not an outage: RedisClient answers, but refuses writes until memory is freed.
+            # Not an outage: Redis answers, but refuses writes until memory is freed.
             log.error("redis_out_of_memory", step=step, commands=commands, retry_in_s=delay)
             return
         now = time.monotonic()
