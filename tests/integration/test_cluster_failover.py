@@ -13,7 +13,6 @@ import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from tests.faults.checker import Event
 from tests.faults.harness import METRIC, Load, Services, eventually
 
 from ingest_devtools.localcluster import LocalCluster
@@ -22,6 +21,8 @@ from ingest_shared.settings import Settings
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from tests.faults.checker import Event
 
 pytestmark = [
     pytest.mark.slow,
