@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 LOCK_INPUTS := uv.lock pyproject.toml shared/pyproject.toml producer/pyproject.toml \
 	worker/pyproject.toml devtools/pyproject.toml
 
-.PHONY: help install install-run run redis cluster test test-unit chaos lint format bench bench-quick up down clean
+.PHONY: bench-cluster help install install-run run redis cluster test test-unit chaos lint format bench bench-quick up down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ format: install ## apply ruff's fixes and formatting
 
 bench: install ## the benchmark suite (installs wrk): prints a table, writes bench/results/<date>.{json,md}
 	$(UV) run --frozen --no-sync python -m bench.run
+
+bench-cluster: install ## drain and ingest on a local Redis Cluster by shards and workers (a table)
+	$(UV) run --frozen --no-sync python -m bench.cluster
 
 bench-quick: install ## a ~40 s run of the benchmark suite, one repetition, nothing written
 	$(UV) run --frozen --no-sync python -m bench.run --quick --no-write

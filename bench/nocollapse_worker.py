@@ -21,12 +21,14 @@ from ingest_shared.timeseries import SeriesLayout
 from ingest_worker import cli
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
+    from ingest_shared.keys import Shard
+    from ingest_shared.redis_client import RedisClient
     from ingest_shared.settings import Settings
 
 
-def processor_without_collapse(redis: Redis, settings: Settings) -> BatchProcessor:
+def processor_without_collapse(
+    redis: RedisClient, settings: Settings, shard: Shard | None = None
+) -> BatchProcessor:
     """``ingest_shared.processor.create_processor``, with ``collapse_duplicates=False``."""
     layout = SeriesLayout(
         retention_ms=settings.retention_ms, rollup_retention_ms=settings.rollup_retention_ms
@@ -41,6 +43,7 @@ def processor_without_collapse(redis: Redis, settings: Settings) -> BatchProcess
         layout,
         window,
         dead_letter_maxlen=settings.dead_letter_maxlen,
+        shard=shard,
         collapse_duplicates=False,
     )
 

@@ -121,7 +121,7 @@ async def test_a_command_outside_each_role_is_refused(server_url: str) -> None:
         with pytest.raises(NoPermissionError):
             await call(producer, "TS.MADD", KEYS.raw("cpu"), 1, 1.0)  # the worker's job
         with pytest.raises(NoPermissionError):
-            await call(worker, "DEL", KEYS.stream)
+            await call(worker, "HSET", KEYS.stream + ":x", "field", "value")
         with pytest.raises(NoPermissionError):
             await call(dashboard, "XADD", KEYS.stream, "*", "metric", "cpu")
         with pytest.raises(NoPermissionError):  # a key outside the prefix

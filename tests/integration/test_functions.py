@@ -83,7 +83,13 @@ async def test_each_library_holds_only_its_own_functions(redis: Redis) -> None:
     }
     assert listed == {
         b"ingest_producer": {b"ingest_append", b"ingest_replay", b"ingest_release_consumer"},
-        b"ingest_worker": {b"ingest_trim", b"ingest_read", b"ingest_claim"},
+        b"ingest_worker": {
+            b"ingest_trim",
+            b"ingest_read",
+            b"ingest_claim",
+            b"ingest_lease",
+            b"ingest_forget_consumers",
+        },
     }
 
 

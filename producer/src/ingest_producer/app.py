@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from importlib.metadata import version
 from typing import TYPE_CHECKING
@@ -21,16 +23,16 @@ from ingest_producer.ingest import enqueue_route, process_route
 from ingest_producer.observe import RequestObserver, metrics_route
 from ingest_producer.read_routes import read_side_routes
 from ingest_producer.summary import query_routes
+from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.processor import create_processor
 from ingest_shared.schema import TimeWindow
-from ingest_shared.streams import ensure_group, is_transient
+from ingest_shared.streams import check_layout, ensure_group, is_transient
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
     from contextlib import AbstractAsyncContextManager
 
-    from redis.asyncio import Redis
-
+    from ingest_shared.redis_client import RedisClient
     from ingest_shared.settings import Settings
 
 logger = structlog.get_logger(__name__)
@@ -38,42 +40,44 @@ logger = structlog.get_logger(__name__)
 
 def create_app(
     settings: Settings,
-    redis: Redis,
+    redis: RedisClient,
     *,
     lifespan: Sequence[Callable[[Litestar], AbstractAsyncContextManager[None]]] = (),
     multiprocess_dir: str | None = None,
 ) -> Litestar:
     """The producer API on ``redis``; ``lifespan`` context managers wrap the app's lifetime.
 
-    At startup the append function is loaded and the consumer group created if missing; an
-    unreachable Redis there is logged and does not stop the app (both happen again on demand),
-    any other Redis error does. ``multiprocess_dir`` is prometheus-client's directory when
-    several processes serve the app (``/metrics`` then sums over them).
+    At startup the shard layout is checked against the one recorded in Redis (another one stops
+    the app), the append function is loaded and each shard's consumer group created if
+    missing; an unreachable Redis there is logged and does not stop the app (loading and groups
+    happen again on demand), any other Redis error does. ``multiprocess_dir`` is
+    prometheus-client's directory when several processes serve the app (``/metrics`` then sums
+    over them).
     """
     keys = settings.keys
     group = settings.consumer_group
     window = TimeWindow(settings.max_clock_skew_ms, settings.retention_ms)
-    processor = create_processor(redis, settings)
+    processors = [create_processor(redis, settings, shard) for shard in keys.shards]
     appender = EventAppender(redis, settings)
     ring = KeyRing(settings.write_keys, settings.read_keys)
-    backlog = BacklogMonitor(
-        redis,
-        keys.stream,
-        group,
-        settings.max_backlog,
-        dead_letter=keys.dead_letter if settings.metrics_enabled else None,
+    backlog = BacklogMonitor.over(
+        redis, keys.shards, group, settings.max_backlog, gauges=settings.metrics_enabled
     )
-
-    def watch_backlog(_: Litestar) -> AbstractAsyncContextManager[object]:
-        return backlog.running()
 
     async def prepare_redis() -> None:
         try:
+            # First: with another shard layout in Redis, appending would strand events.
+            await check_layout(redis, keys)
             await appender.load()
-            await ensure_group(redis, keys.stream, group)
+            await asyncio.gather(*(ensure_group(redis, s.stream, group) for s in keys.shards))
+        except ConfigurationError as exc:
+            logger.error("producer_misconfigured", error=str(exc))
+            raise
         except NoPermissionError as exc:
             # A read-only (dashboard) user: reads work; writes answer 503 naming the command.
-            logger.warning("setup_refused_by_acl", error=str(exc), steps="FUNCTION LOAD, XGROUP")
+            logger.warning(
+                "setup_refused_by_acl", error=str(exc), steps="HSETNX layout, FUNCTION LOAD, XGROUP"
+            )
         except Exception as exc:
             if not is_transient(exc):
                 # E.g. the stream key holds another type.
@@ -93,15 +97,29 @@ def create_app(
                 "auth_disabled",
                 hint="set INGEST_API_KEYS (and INGEST_READ_KEYS) to require API keys",
             )
-        logger.info("producer_started", stream=keys.stream, group=group)
+        logger.info(
+            "producer_started",
+            stream=keys.shards[0].stream,
+            shards=len(keys.shards),
+            cluster=keys.cluster,
+            group=group,
+        )
         # Everything built so far lives as long as the process: keep it out of the collector's
         # full passes, which otherwise took 30-180 ms under load (a /health answer waits that).
         gc.freeze()
 
+    @contextlib.asynccontextmanager
+    async def start(_: Litestar) -> AsyncIterator[None]:
+        # Set up before the backlog monitor first looks: it would take the groups not created
+        # yet for groups Redis lost, and log an error for each.
+        await prepare_redis()
+        async with backlog.running():
+            yield
+
     app = Litestar(
         route_handlers=[
             enqueue_route(settings, window, appender, backlog),
-            process_route(redis, keys, group, processor),
+            process_route(redis, keys, group, processors),
             *query_routes(redis, keys, group),
             *read_side_routes(settings, redis, ring),
             *health_routes(redis, keys, backlog),
@@ -110,8 +128,7 @@ def create_app(
         ],
         # No guard at all when no key is configured: routes then read client_id as anonymous.
         guards=[] if ring.open else [key_guard(ring)],
-        on_startup=[prepare_redis],
-        lifespan=[*lifespan, watch_backlog],
+        lifespan=[*lifespan, start],
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.max_body_bytes,
         # structlog is configured by the entry point; Litestar must not install its own.

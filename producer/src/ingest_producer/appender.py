@@ -9,8 +9,14 @@ between this route and a route that only decodes its body.
 
 Each request is one *segment* of the call, with its own idempotency key and rate limit, and is
 accepted or refused as a whole; consecutive unguarded requests share one segment. With
-``INGEST_DURABILITY`` set, a ``WAITAOF``/``WAIT`` follows the FCALL in the same pipeline: one
-wait per batch, not per request.
+``INGEST_DURABILITY`` set, a ``WAITAOF``/``WAIT`` follows the FCALL in the same pipeline (on
+the connection of the node that took the append): one wait per batch, not per request.
+
+With stream shards (``INGEST_STREAM_SHARDS`` > 1) each turn sends one FCALL per shard, all at
+once. A guarded request goes whole to the shard its guards' keys live on (its client's), so its
+idempotency record and rate budget stay exact; an unguarded one sends each event to its
+source's shard (a device's events stay in order) and gets its ids back in input order. If some
+of its shards appended and another failed, the whole request MAY have been enqueued.
 
 Delivery is at least once: if the call fails after Redis ran it (a timeout), or the
 durability wait is not confirmed, the events may be in the stream although every request of
@@ -20,7 +26,7 @@ the batch gets a 503, and a client retry (without an Idempotency-Key) enqueues t
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, ResponseError
@@ -40,13 +46,17 @@ from ingest_shared.functions import (
     load_library,
     parse_append_reply,
 )
+from ingest_shared.redis_client import pipeline_at
 from ingest_shared.schema import Base
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from collections.abc import Iterable
+
     from redis.typing import EncodableT
 
     from ingest_shared.functions import Idempotency, RateLimit
+    from ingest_shared.keys import Shard
+    from ingest_shared.redis_client import RedisClient
     from ingest_shared.schema import EventOut
     from ingest_shared.settings import Settings
 
@@ -64,20 +74,39 @@ class NotDurable(Base):
 
 AppendResult = SegmentReply | NotDurable
 
-# One request waiting for the next call: its events, guards and where its result goes.
+
+class _Sink(Protocol):
+    """Where one request's result goes: its future, or its part of a split request."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: AppendResult, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+# One request waiting for the next call: its events, guards, the shard its guards name (None
+# unguarded, or unsharded) and where its result goes.
 _Waiting = tuple[
-    "list[EventOut]", "Idempotency | None", "RateLimit | None", "asyncio.Future[AppendResult]"
+    "list[EventOut]",
+    "Idempotency | None",
+    "RateLimit | None",
+    "Shard | None",
+    "asyncio.Future[AppendResult]",
 ]
+# The same for one shard's call.
+_Request = tuple["list[EventOut]", "Idempotency | None", "RateLimit | None", _Sink]
 
 
 class EventAppender:
-    """Appends events to the stream, coalescing concurrent requests into one round trip."""
+    """Appends events to the stream(s), coalescing concurrent requests into one round trip."""
 
     def __init__(
-        self, redis: Redis, settings: Settings, *, max_batch_events: int = MAX_BATCH_EVENTS
+        self, redis: RedisClient, settings: Settings, *, max_batch_events: int = MAX_BATCH_EVENTS
     ) -> None:
         self._redis = redis
         self._keys = settings.keys
+        self._shards = settings.keys.shards
         self._max_batch_events = max_batch_events
         self._wait = DurabilityWait.of(settings)
         self._waiting: list[_Waiting] = []
@@ -93,14 +122,17 @@ class EventAppender:
         events: list[EventOut],
         idempotency: Idempotency | None = None,
         rate_limit: RateLimit | None = None,
+        shard: Shard | None = None,
     ) -> AppendResult:
         """Append ``events`` (in order, all or none) under the given guards.
 
-        Returns what happened to them; Redis errors propagate.
+        A guarded request goes to ``shard``, the one whose keys its guards name (default: the
+        first); unguarded events go to their source's shard. Returns what happened to them;
+        Redis errors propagate.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AppendResult] = loop.create_future()
-        self._waiting.append((events, idempotency, rate_limit, future))
+        self._waiting.append((events, idempotency, rate_limit, shard, future))
         self._waiting_events += len(events)
         if self._waiting_events >= self._max_batch_events:
             self._flush()
@@ -113,65 +145,188 @@ class EventAppender:
         if not self._waiting:
             return
         batch, self._waiting, self._waiting_events = self._waiting, [], 0
-        task = asyncio.create_task(self._send(batch))
+        send = self._send if len(self._shards) == 1 else self._send_sharded
+        task = asyncio.create_task(send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[_Waiting]) -> None:
-        # Consecutive unguarded requests share a segment; ``owners`` maps segments to requests.
-        segments: list[Segment] = []
-        owners: list[list[tuple[asyncio.Future[AppendResult], int]]] = []
-        shared: list[EventOut] | None = None
-        for events, idempotency, rate_limit, future in batch:
-            if idempotency is None and rate_limit is None:
-                if shared is None:
-                    shared = []
-                    segments.append(Segment(shared))
-                    owners.append([])
-                shared += events
-            else:
-                shared = None
-                segments.append(Segment(events, idempotency, rate_limit))
-                owners.append([])
-            owners[-1].append((future, len(events)))
+        await self._send_to(self._shards[0], [(e, i, r, f) for e, i, r, _, f in batch])
+
+    async def _send_sharded(self, batch: list[_Waiting]) -> None:
+        """One call per shard, all at once: guarded requests whole to their shard, unguarded
+        events each to their source's shard."""
+        first = self._shards[0]
+        by_shard: dict[int, list[_Request]] = {}
+        for events, idempotency, rate_limit, shard, future in batch:
+            if idempotency is not None or rate_limit is not None:
+                index = (shard or first).index
+                by_shard.setdefault(index, []).append((events, idempotency, rate_limit, future))
+                continue
+            parts = self._by_source(events)
+            if len(parts) == 1:
+                [index] = parts
+                by_shard.setdefault(index, []).append((events, None, None, future))
+                continue
+            split = _Split(future, len(events), len(parts))
+            for index, (part, positions) in parts.items():
+                by_shard.setdefault(index, []).append((part, None, None, split.part(positions)))
+        await asyncio.gather(
+            *(self._send_to(self._shards[index], requests) for index, requests in by_shard.items())
+        )
+
+    def _by_source(self, events: list[EventOut]) -> dict[int, tuple[list[EventOut], list[int]]]:
+        """``events`` by the index of their source's shard, with their positions in the list."""
+        shard_of = self._keys.shard_of_source
+        parts: dict[int, tuple[list[EventOut], list[int]]] = {}
+        for position, event in enumerate(events):
+            index = shard_of(event.source).index
+            part = parts.get(index)
+            if part is None:
+                parts[index] = part = ([], [])
+            part[0].append(event)
+            part[1].append(position)
+        return parts
+
+    async def _send_to(self, shard: Shard, requests: list[_Request]) -> None:
+        """One FCALL on ``shard`` for ``requests``; each gets its result or the call's error."""
+        segments, owners = _segments(requests)
         try:
-            replies, problem = await self._call(append_command(self._keys, segments))
+            replies, problem = await self._call(shard, append_command(shard, segments))
         except Exception as exc:  # handed to every waiting request, which reports it
             error = exc
             if _sent_before_failing(exc):
                 error = OutcomeUnknownError(str(exc))
                 error.__cause__ = exc
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            for *_, sink in requests:
+                if not sink.done():
+                    sink.set_exception(error)
             return
-        for reply, requests in zip(replies, owners, strict=True):
-            _settle(reply, requests, problem)
+        for reply, owner in zip(replies, owners, strict=True):
+            _settle(reply, owner, problem)
 
-    async def _call(self, command: list[EncodableT]) -> tuple[list[SegmentReply], str | None]:
+    async def _call(
+        self, shard: Shard, command: list[EncodableT]
+    ) -> tuple[list[SegmentReply], str | None]:
         """Run the FCALL (and the durability wait); the replies and why they are not durable."""
         if self._wait is None:
             reply = await fcall(self._redis, PRODUCER_LIBRARY, *command)
             return parse_append_reply(reply), None
         try:
-            reply, waited = await self._pipeline(command)
+            reply, waited = await self._pipeline(shard, command)
         except ResponseError as exc:
             if NO_FUNCTION not in str(exc):
                 raise
             await self.load()
-            reply, waited = await self._pipeline(command)
+            reply, waited = await self._pipeline(shard, command)
         return parse_append_reply(reply), self._wait.problem(waited)
 
-    async def _pipeline(self, command: list[EncodableT]) -> tuple[list[RawSegmentReply], object]:
-        """The FCALL and the wait in one round trip; the wait's error is returned, not raised."""
+    async def _pipeline(
+        self, shard: Shard, command: list[EncodableT]
+    ) -> tuple[list[RawSegmentReply], object]:
+        """The FCALL and the wait in one round trip on the connection of the node holding the
+        shard; the wait's error is returned, not raised."""
         assert self._wait is not None
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.execute_command(*command)
-        pipe.execute_command(*self._wait.command)
-        reply, waited = await pipe.execute(raise_on_error=False)
+        reply, waited = await pipeline_at(self._redis, shard.stream, [command, self._wait.command])
         if isinstance(reply, Exception):
             raise reply
         return reply, waited
+
+
+def _segments(
+    requests: Iterable[_Request],
+) -> tuple[list[Segment], list[list[tuple[_Sink, int]]]]:
+    """The segments of one call, and which requests (with their event counts) own each:
+    consecutive unguarded requests share one segment."""
+    segments: list[Segment] = []
+    owners: list[list[tuple[_Sink, int]]] = []
+    shared: list[EventOut] | None = None
+    for events, idempotency, rate_limit, sink in requests:
+        if idempotency is None and rate_limit is None:
+            if shared is None:
+                shared = []
+                segments.append(Segment(shared))
+                owners.append([])
+            shared += events
+        else:
+            shared = None
+            segments.append(Segment(events, idempotency, rate_limit))
+            owners.append([])
+        owners[-1].append((sink, len(events)))
+    return segments, owners
+
+
+class _Split:
+    """An unguarded request whose events went to several shards: its result once every part
+    has one. All appended: the ids in input order. Some appended (or maybe) and another failed:
+    the request MAY have been enqueued. None appended: the first part's error."""
+
+    def __init__(self, future: asyncio.Future[AppendResult], size: int, parts: int) -> None:
+        self._future = future
+        self._ids: list[bytes] = [b""] * size
+        self._left = parts
+        self._maybe_appended = 0
+        self._not_durable: str | None = None
+        self._error: BaseException | None = None
+
+    def part(self, positions: list[int]) -> _Part:
+        """The sink of the events at ``positions`` of the request."""
+        return _Part(self, positions)
+
+    def settle(self, positions: list[int], result: AppendResult) -> None:
+        if isinstance(result, Appended):
+            for position, entry_id in zip(positions, result.ids, strict=True):
+                self._ids[position] = entry_id
+        elif isinstance(result, NotDurable):
+            self._not_durable = result.detail
+        else:  # unguarded events are never refused: a bug, reported as a failure
+            self._error = self._error or RuntimeError(f"unexpected append result {result!r}")
+        self._maybe_appended += 1
+        self._finish()
+
+    def fail(self, error: BaseException) -> None:
+        if isinstance(error, OutcomeUnknownError):
+            self._maybe_appended += 1
+        self._error = self._error or error
+        self._finish()
+
+    def _finish(self) -> None:
+        self._left -= 1
+        if self._left or self._future.done():
+            return
+        error = self._error
+        if error is None:
+            durable = self._not_durable is None
+            self._future.set_result(
+                Appended(self._ids) if durable else NotDurable(self._not_durable or "")
+            )
+        elif not self._maybe_appended:
+            self._future.set_exception(error)
+        else:
+            # Not chained: the 503 must not read as a refusal of the whole request.
+            self._future.set_exception(
+                OutcomeUnknownError(
+                    f"{self._maybe_appended} shard(s) appended part of the request (or may "
+                    f"have), another failed: {error}"
+                )
+            )
+
+
+class _Part:
+    """One shard's part of a :class:`_Split` request, settled like a request's future."""
+
+    def __init__(self, split: _Split, positions: list[int]) -> None:
+        self._split = split
+        self._positions = positions
+
+    def done(self) -> bool:
+        return False  # the request's own future is checked once every part is in
+
+    def set_result(self, result: AppendResult, /) -> None:
+        self._split.settle(self._positions, result)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._split.fail(exception)
 
 
 class DurabilityWait:
@@ -221,22 +376,18 @@ def _sent_before_failing(error: Exception) -> bool:
     return "connecting to" not in str(error)
 
 
-def _settle(
-    reply: SegmentReply,
-    requests: list[tuple[asyncio.Future[AppendResult], int]],
-    problem: str | None,
-) -> None:
+def _settle(reply: SegmentReply, requests: list[tuple[_Sink, int]], problem: str | None) -> None:
     """Hand each request of one segment its own result."""
     result: AppendResult = reply
     if problem is not None and isinstance(reply, Appended | Duplicate):
         result = NotDurable(problem)
     if len(requests) == 1 or not isinstance(result, Appended):
-        for future, _ in requests:
-            if not future.done():  # a cancelled request
-                future.set_result(result)
+        for sink, _ in requests:
+            if not sink.done():  # a cancelled request
+                sink.set_result(result)
         return
     ids, start = result.ids, 0
-    for future, count in requests:
-        if not future.done():
-            future.set_result(Appended(ids[start : start + count]))
+    for sink, count in requests:
+        if not sink.done():
+            sink.set_result(Appended(ids[start : start + count]))
         start += count

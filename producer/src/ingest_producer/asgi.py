@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ingest_producer.app import create_app
 from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.logconfig import configure_logging
+from ingest_shared.mode import resolved_sync
 from ingest_shared.redis_client import create_redis
 from ingest_shared.settings import load_settings
 
@@ -43,13 +44,19 @@ def create_asgi_app() -> Litestar:
 
 
 def build_app(settings: Settings, multiprocess_dir: str | None = None) -> Litestar:
-    """The app with a Redis client that lives exactly as long as the app does."""
+    """The app with a Redis client that lives exactly as long as the app does.
+
+    ``INGEST_REDIS_MODE=auto`` is settled here, before the event loop runs: one ``INFO
+    cluster`` tells a single node from a Redis Cluster.
+    """
+    settings = resolved_sync(settings)
     redis = create_redis(
         settings.redis_url,
         # A durable write waits up to durability_timeout_ms inside Redis (WAITAOF/WAIT).
         socket_timeout=max(REDIS_SOCKET_TIMEOUT_S, settings.durability_timeout_ms / 1000 + 0.5),
         connect_timeout=REDIS_CONNECT_TIMEOUT_S,
         tls=settings.redis_tls,
+        cluster=settings.redis_mode == "cluster",
     )
 
     @asynccontextmanager

@@ -9,6 +9,9 @@ accepting what cannot be processed.
 The same round trip samples the queue gauges of ``/metrics`` when they are exported (stream
 length, entries added, pending, lag, consumers, oldest pending age, dead letters).
 
+With stream shards every shard is read in the same round trip, and the backlog and the gauges
+are their sums.
+
 The same poll notices a consumer group that Redis lost (a restart without persistence, a
 failover to an empty replica, a FLUSHALL) and recreates it at ID 0, so what is accepted while
 no worker runs waits for the workers to come instead of sitting in a stream nobody reads.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -28,9 +32,10 @@ from ingest_shared.schema import now_ms
 from ingest_shared.streams import ensure_group, is_transient
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
 
-    from redis.asyncio import Redis
+    from ingest_shared.keys import StreamKeys
+    from ingest_shared.redis_client import RedisClient
 
 REFRESH_INTERVAL_S = 0.25
 STOP_TIMEOUT_S = 2.0
@@ -43,52 +48,90 @@ class BacklogMonitor:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         stream: str,
         group: str,
         max_backlog: int,
         *,
         dead_letter: str | None = None,
     ) -> None:
-        """With ``dead_letter`` set, each refresh also samples the queue gauges."""
+        """Watches one stream; with ``dead_letter`` set, each refresh also samples the queue
+        gauges. :meth:`over` watches every shard."""
         self._redis = redis
-        self._stream = stream
+        self._shards: tuple[tuple[str, str | None], ...] = ((stream, dead_letter),)
+        self._gauges = dead_letter is not None
         self._group = group
-        self._dead_letter = dead_letter
         self._may_create_group = True
         self.max_backlog = max_backlog
         self.backlog: int | None = None
         self.overloaded = False
         self._stopping = asyncio.Event()
 
-    async def _create_group(self) -> bool:
+    @classmethod
+    def over(
+        cls,
+        redis: RedisClient,
+        shards: Sequence[StreamKeys],
+        group: str,
+        max_backlog: int,
+        *,
+        gauges: bool,
+    ) -> BacklogMonitor:
+        """A monitor of every shard's stream: the backlog and the gauges are their sums."""
+        first = shards[0]
+        monitor = cls(
+            redis,
+            first.stream,
+            group,
+            max_backlog,
+            dead_letter=first.dead_letter if gauges else None,
+        )
+        monitor._shards = tuple((s.stream, s.dead_letter if gauges else None) for s in shards)
+        return monitor
+
+    async def _create_group(self, stream: str) -> bool:
         """ensure_group, unless this user may not (a read-only user: then only say so once)."""
         try:
-            return await ensure_group(self._redis, self._stream, self._group)
+            return await ensure_group(self._redis, stream, self._group)
         except NoPermissionError as exc:
             self._may_create_group = False
             logger.warning("group_recreation_refused_by_acl", error=str(exc))
             return False
 
     async def refresh(self) -> None:
-        """Read the group's lag and pending count once (one round trip)."""
+        """Read every shard's lag and pending count once (one round trip: a cluster pipeline
+        sends each node its shards' commands at once)."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.execute_command("XINFO", "GROUPS", self._stream)
-        pipe.execute_command("XLEN", self._stream)
-        if self._dead_letter is not None:
-            pipe.execute_command("XLEN", self._dead_letter)
-            pipe.execute_command("XINFO", "STREAM", self._stream)
-            pipe.xpending(self._stream, self._group)
-        groups, length, *sampled = await pipe.execute(raise_on_error=False)
+        for stream, dead_letter in self._shards:
+            pipe.execute_command("XINFO", "GROUPS", stream)
+            pipe.execute_command("XLEN", stream)
+            if dead_letter is not None:
+                pipe.execute_command("XLEN", dead_letter)
+                pipe.execute_command("XINFO", "STREAM", stream)
+                pipe.xpending(stream, self._group)
+        replies = await pipe.execute(raise_on_error=False)
+        width = 5 if self._gauges else 2
+        found = [
+            await self._shard_state(stream, replies[i * width : (i + 1) * width])
+            for i, (stream, _) in enumerate(self._shards)
+        ]
+        self.backlog = sum(state.backlog for state in found)
+        self.overloaded = self.backlog > self.max_backlog
+        if self._gauges:
+            _export(found)
+
+    async def _shard_state(self, stream: str, replies: list[Any]) -> _ShardState:
+        """One shard's numbers from its replies; its group is recreated if it went missing."""
+        groups, length, *sampled = replies
         if isinstance(length, RedisError):
             raise length
         missing = isinstance(groups, RedisError) or _find_group(groups, self._group) is None
         # The stream or the group is missing: Redis lost it, or nothing was set up yet.
-        if missing and self._may_create_group and await self._create_group():
+        if missing and self._may_create_group and await self._create_group(stream):
             metrics.GROUP_RECREATED.inc()
             logger.error(
                 "consumer_group_recreated",
-                stream=self._stream,
+                stream=stream,
                 group=self._group,
                 detail=(
                     "the consumer group was missing (Redis restarted without persistence, "
@@ -96,20 +139,11 @@ class BacklogMonitor:
                     "the workers process everything in the stream"
                 ),
             )
-        if missing:
-            groups = []
-        self.backlog = _backlog_of(groups, self._group, int(length))
-        self.overloaded = self.backlog > self.max_backlog
+        group = None if missing else _find_group(groups, self._group)
+        state = _ShardState(group, int(length), _backlog_of(group, int(length)))
         if sampled:
-            dead_letters, stream_info, pending = sampled
-            _export(
-                _find_group(groups, self._group),
-                int(length),
-                self.backlog,
-                dead_letters=dead_letters,
-                stream_info=stream_info,
-                pending=pending,
-            )
+            state.dead_letters, state.stream_info, state.pending = sampled
+        return state
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[BacklogMonitor]:
@@ -137,6 +171,18 @@ class BacklogMonitor:
                 await asyncio.wait_for(self._stopping.wait(), REFRESH_INTERVAL_S)
 
 
+@dataclass(slots=True)
+class _ShardState:
+    """What one refresh read of one shard (the sampled replies may be errors)."""
+
+    group: dict[str, Any] | None
+    length: int
+    backlog: int
+    dead_letters: object = None
+    stream_info: object = None
+    pending: object = None
+
+
 def _find_group(groups: list[Any], group: str) -> dict[str, Any] | None:
     """The XINFO GROUPS entry of ``group``, as a dict, or None."""
     for info in groups:
@@ -147,47 +193,46 @@ def _find_group(groups: list[Any], group: str) -> dict[str, Any] | None:
     return None
 
 
-def _backlog_of(groups: list[Any], group: str, length: int) -> int:
-    fields = _find_group(groups, group)
-    if fields is None:  # no group yet: every entry is waiting for the first worker
+def _backlog_of(group: dict[str, Any] | None, length: int) -> int:
+    if group is None:  # no group yet: every entry is waiting for the first worker
         return length
-    lag = fields.get("lag")
-    pending = int(fields.get("pending") or 0)
+    lag = group.get("lag")
+    pending = int(group.get("pending") or 0)
     return (length if lag is None else int(lag)) + pending
 
 
-def _export(
-    group: dict[str, Any] | None,
-    length: int,
-    backlog: int,
-    *,
-    dead_letters: object,
-    stream_info: object,
-    pending: object,
-) -> None:
-    """Set the queue gauges from one refresh; replies that are errors leave theirs alone."""
-    metrics.QUEUE_LENGTH.set(length)
-    metrics.QUEUE_BACKLOG.set(backlog)
-    if isinstance(dead_letters, int):
-        metrics.DEAD_LETTER_LENGTH.set(dead_letters)
-    if isinstance(stream_info, dict):
-        info = _as_dict(stream_info)
-        metrics.QUEUE_ADDED.set(int(info.get("entries-added") or 0))
-    if group is None:
-        metrics.QUEUE_PENDING.set(0)
-        metrics.QUEUE_LAG.set(length)
-        metrics.QUEUE_CONSUMERS.set(0)
-    else:
-        lag = group.get("lag")
-        metrics.QUEUE_PENDING.set(int(group.get("pending") or 0))
-        metrics.QUEUE_LAG.set(length if lag is None else int(lag))
-        metrics.QUEUE_CONSUMERS.set(int(group.get("consumers") or 0))
-    oldest = pending.get("min") if isinstance(pending, dict) else None
-    if oldest:
-        enqueued_ms = int(oldest.split(b"-", 1)[0])
-        metrics.QUEUE_OLDEST_PENDING_AGE.set(max(0, now_ms() - enqueued_ms) / 1000)
-    else:
-        metrics.QUEUE_OLDEST_PENDING_AGE.set(0)
+def _export(shards: Sequence[_ShardState]) -> None:
+    """Set the queue gauges from one refresh, summed over the shards; a gauge whose reply is
+    an error on any shard keeps its last value."""
+    metrics.QUEUE_LENGTH.set(sum(s.length for s in shards))
+    metrics.QUEUE_BACKLOG.set(sum(s.backlog for s in shards))
+    dead_letters = [s.dead_letters for s in shards]
+    if all(isinstance(n, int) for n in dead_letters):
+        metrics.DEAD_LETTER_LENGTH.set(sum(n for n in dead_letters if isinstance(n, int)))
+    infos = [s.stream_info for s in shards]
+    if all(isinstance(info, dict) for info in infos):
+        added = (_as_dict(info).get("entries-added") for info in infos)
+        metrics.QUEUE_ADDED.set(sum(int(n or 0) for n in added))
+    pending = lag = consumers = 0
+    oldest: int | None = None
+    for shard in shards:
+        group = shard.group
+        if group is None:
+            lag += shard.length
+        else:
+            shard_lag = group.get("lag")
+            pending += int(group.get("pending") or 0)
+            lag += shard.length if shard_lag is None else int(shard_lag)
+            consumers += int(group.get("consumers") or 0)
+        smallest = shard.pending.get("min") if isinstance(shard.pending, dict) else None
+        if smallest:
+            enqueued_ms = int(smallest.split(b"-", 1)[0])
+            oldest = enqueued_ms if oldest is None else min(oldest, enqueued_ms)
+    metrics.QUEUE_PENDING.set(pending)
+    metrics.QUEUE_LAG.set(lag)
+    metrics.QUEUE_CONSUMERS.set(consumers)
+    age = 0 if oldest is None else max(0, now_ms() - oldest) / 1000
+    metrics.QUEUE_OLDEST_PENDING_AGE.set(age)
 
 
 def _as_dict(info: Any) -> dict[str, Any]:

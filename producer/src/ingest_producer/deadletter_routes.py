@@ -15,35 +15,39 @@ from ingest_producer.auth import ACCESS_OPT, Access
 from ingest_producer.errors import error_responses
 from ingest_producer.jsonbody import decode_json, require_json
 from ingest_producer.models import (
-    STREAM_ID_PATTERN,
     DeadLetterPage,
     Deleted,
     ReplayRequest,
     ReplayResult,
+    ShardedReplayRequest,
 )
 from ingest_producer.openapi import ParameterOperation, json_body_operation
-from ingest_producer.reading import deadletters
+from ingest_producer.reading import deadletters, params
 from ingest_producer.reading.context import ReadContext
 
-REPLAY_DECODER = msgspec.json.Decoder(ReplayRequest)
-_REPLAY_BODY = json_body_operation(
-    ReplayRequest,
+_REPLAY_DOC = (
     '`{"ids": [dead-letter ids]}` or `{"all": true, "max": n}` (the oldest n, default '
-    "1000, at most 10000).",
-    # Exactly one of the two (else 422): what deadletters.replay checks.
-    constraints={
-        "oneOf": [
-            {"required": ["ids"], "properties": {"ids": {"type": "array"}}},
-            {"required": ["all"], "properties": {"all": {"const": True}}},
-        ]
-    },
+    "1000, at most 10000)."
 )
-# Documented only: reading.params checks ids, and says what is wrong in words.
-_ID_DOC = {"schema_extra": {"pattern": STREAM_ID_PATTERN}}
+# Exactly one of the two (else 422): what deadletters.replay checks.
+_REPLAY_CONSTRAINTS = {
+    "oneOf": [
+        {"required": ["ids"], "properties": {"ids": {"type": "array"}}},
+        {"required": ["all"], "properties": {"all": {"const": True}}},
+    ]
+}
 
 
 def dead_letter_routes(ctx: ReadContext) -> list[HTTPRouteHandler]:
-    """The dead-letter routes, bound to their collaborators."""
+    """The dead-letter routes, bound to their collaborators. With several stream shards their
+    ids are qualified by shard (``<id>@<shard>``), and the document says so."""
+    shards = len(ctx.keys.shards)
+    body = ReplayRequest if shards == 1 else ShardedReplayRequest
+    replay_decoder = msgspec.json.Decoder(body)
+    replay_body = json_body_operation(body, _REPLAY_DOC, constraints=_REPLAY_CONSTRAINTS)
+    # Documented only: reading.params checks ids, and says what is wrong in words.
+    id_doc = {"schema_extra": {"pattern": params.dead_letter_pattern(shards)}}
+    cursor_doc = {"schema_extra": {"pattern": params.dead_letter_pattern(shards, cursor=True)}}
 
     @get(
         "/api/ingest/dead-letters",
@@ -61,7 +65,7 @@ def dead_letter_routes(ctx: ReadContext) -> list[HTTPRouteHandler]:
         count: Annotated[int, Parameter(ge=1, le=1000, description="How many")] = 20,
         before: Annotated[
             str | None,
-            Parameter(description="Only dead letters older than this id (exclusive)", **_ID_DOC),
+            Parameter(description="Only dead letters older than this id (exclusive)", **cursor_doc),
         ] = None,
     ) -> DeadLetterPage:
         return await deadletters.list_dead_letters(ctx, count, before)
@@ -69,7 +73,7 @@ def dead_letter_routes(ctx: ReadContext) -> list[HTTPRouteHandler]:
     @post(
         "/api/ingest/dead-letters/replay",
         status_code=200,
-        operation_class=_REPLAY_BODY,
+        operation_class=replay_body,
         responses=error_responses(400, 401, 403, 415, 422, 500, 503),
         opt={ACCESS_OPT: Access.WRITE},
         tags=["dead letters"],
@@ -84,7 +88,7 @@ def dead_letter_routes(ctx: ReadContext) -> list[HTTPRouteHandler]:
     )
     async def replay(request: Request[Any, Any, Any]) -> ReplayResult:
         require_json(request.scope)
-        job = decode_json(await request.body(), REPLAY_DECODER)
+        job = decode_json(await request.body(), replay_decoder)
         return await deadletters.replay(ctx, job)
 
     @delete(
@@ -97,7 +101,7 @@ def dead_letter_routes(ctx: ReadContext) -> list[HTTPRouteHandler]:
         summary="Delete one dead letter (404 when it is not there)",
     )
     async def delete_dead_letter(
-        letter_id: Annotated[str, Parameter(description="Dead-letter id", **_ID_DOC)],
+        letter_id: Annotated[str, Parameter(description="Dead-letter id", **id_doc)],
     ) -> Deleted:
         return await deadletters.delete(ctx, letter_id)
 

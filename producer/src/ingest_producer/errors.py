@@ -138,8 +138,9 @@ _REFUSALS: tuple[tuple[type[RedisError], str, str, str], ...] = (
         MovedError,
         "moved",
         "redis_moved",
-        "Redis answered MOVED ({error}): REDIS_URL names a Redis Cluster node and this "
-        "producer runs in single-node mode",
+        "Redis answered MOVED ({error}): in single-node mode, REDIS_URL names a Redis Cluster "
+        "node (set INGEST_REDIS_MODE=cluster); on a cluster, a slot moved twice in a row "
+        "(a failover or resharding): retry",
     ),
 )
 

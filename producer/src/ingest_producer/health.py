@@ -6,20 +6,21 @@ No ``from __future__ import annotations`` here: Litestar reads handler annotatio
 from litestar import Response, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ingest_producer.backlog import BacklogMonitor
 from ingest_producer.models import Health
 from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.keys import Keys
-from ingest_shared.redis_client import call, tls_failure
+from ingest_shared.redis_client import RedisClient, call, tls_failure
 from ingest_shared.timeseries import check_timeseries
 
 OK = Health("ok")
 
 
-def health_routes(redis: Redis, keys: Keys, backlog: BacklogMonitor) -> list[HTTPRouteHandler]:
+def health_routes(
+    redis: RedisClient, keys: Keys, backlog: BacklogMonitor
+) -> list[HTTPRouteHandler]:
     """Liveness and readiness probes."""
 
     @get("/health", tags=["health"], summary="Alive: always 200 while the process serves")

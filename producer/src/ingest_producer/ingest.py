@@ -4,8 +4,9 @@ No ``from __future__ import annotations`` here: Litestar reads handler annotatio
 """
 
 import hashlib
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 import msgspec
@@ -14,7 +15,6 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response.base import ASGIResponse
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from ingest_producer import metrics
@@ -45,9 +45,9 @@ from ingest_shared.functions import (
     RateLimit,
     release_consumer,
 )
-from ingest_shared.keys import Keys
+from ingest_shared.keys import Keys, Shard
 from ingest_shared.processor import BatchProcessor
-from ingest_shared.redis_client import call
+from ingest_shared.redis_client import RedisClient, call_at
 from ingest_shared.schema import (
     EVENT_DECODER,
     JSON_ENCODER,
@@ -124,11 +124,17 @@ class Guards:
 
     def of(
         self, request: Request[Any, Any, Any], headers: IngestHeaders, body: bytes, echo: bytes
-    ) -> tuple[Idempotency | None, RateLimit | None]:
-        """Each None when not in use; ``echo`` is stored for repeats."""
+    ) -> tuple[Idempotency | None, RateLimit | None, Shard | None]:
+        """Each None when not in use; ``echo`` is stored for repeats. The shard is where the
+        guards' keys live and so where the request goes: one per client (per address for a
+        rate limit without auth), so its records and its budget are found on every request."""
         if headers.idempotency_key is None and not self._rate_limit:
-            return None, None
+            return None, None, None
         client: str = request.state.get(CLIENT_ID, ANONYMOUS)
+        # Without API keys, each client address has its own budget (behind a proxy, set
+        # uvicorn's forwarded-allow-ips so the address is the client's, not the proxy's).
+        bucket = client if client != ANONYMOUS or not self._rate_limit else _address(request)
+        shard = self._keys.shard_of_client(bucket)
         idempotency = None
         if headers.idempotency_key is not None:
             # Scoped by client: two clients may use the same key for different requests.
@@ -137,18 +143,15 @@ class Guards:
             body_hash = hashlib.sha256(b"ndjson\n" if headers.ndjson else b"json\n")
             body_hash.update(body)
             idempotency = Idempotency(
-                self._keys.idempotency(scoped.hexdigest()),
+                shard.idempotency(scoped.hexdigest()),
                 self._idempotency_ttl_ms,
                 body_hash.hexdigest(),
                 echo,
             )
         limit = None
         if self._rate_limit:
-            # Without API keys, each client address has its own budget (behind a proxy, set
-            # uvicorn's forwarded-allow-ips so the address is the client's, not the proxy's).
-            bucket = client if client != ANONYMOUS else _address(request)
-            limit = RateLimit(self._keys.rate_limit(bucket), self._rate_limit, self._rate_window_ms)
-        return idempotency, limit
+            limit = RateLimit(shard.rate_limit(bucket), self._rate_limit, self._rate_window_ms)
+        return idempotency, limit, shard
 
     def check_size(self, events: int) -> None:
         """413 for a request with more events than the whole rate-limit window allows."""
@@ -204,9 +207,9 @@ def enqueue_route(
         if not accepted:  # nothing to append, count or remember
             return _json(_batch_body([], b""))
         guards.check_size(len(accepted))
-        idempotency, limit = guards.of(request, headers, body, b"")
+        idempotency, limit, shard = guards.of(request, headers, body, b"")
         try:
-            result = await appender.append(accepted, idempotency, limit)
+            result = await appender.append(accepted, idempotency, limit, shard)
         except Exception:
             _REJECTED_UNAVAILABLE.inc(len(accepted))
             raise
@@ -254,9 +257,9 @@ def enqueue_route(
             _REJECTED_INVALID.inc()
             raise
         value = JSON_ENCODER.encode(out)
-        idempotency, limit = guards.of(request, headers, body, value)
+        idempotency, limit, shard = guards.of(request, headers, body, value)
         try:
-            result = await appender.append([out], idempotency, limit)
+            result = await appender.append([out], idempotency, limit, shard)
         except Exception:
             _REJECTED_UNAVAILABLE.inc()
             raise
@@ -333,14 +336,17 @@ def _overloaded(backlog: BacklogMonitor) -> HTTPException:
 
 
 def process_route(
-    redis: Redis, keys: Keys, group: str, processor: BatchProcessor
+    redis: RedisClient, keys: Keys, group: str, processors: Sequence[BatchProcessor]
 ) -> HTTPRouteHandler:
     """``POST /api/ingest/workers/process``: one batch through the worker's processor.
 
-    The consumer named in the request is deleted again once it holds nothing pending, so
-    callers inventing names cannot grow the group without bound.
+    ``processors`` are the shards' own, in shard order. With several shards it reads them in
+    turn (starting one further on each call) until ``count`` entries were read. The consumer
+    named in the request is deleted again from each shard read once it holds nothing pending,
+    so callers inventing names cannot grow the groups without bound.
     """
-    stream = keys.stream
+    shards = keys.shards
+    turns = itertools.count()
 
     @post(
         "/api/ingest/workers/process",
@@ -355,16 +361,26 @@ def process_route(
         require_json(request.scope)
         job = decode_json(await request.body(), PROCESS_DECODER)
         # int(): typed float so that 482.0 decodes (see models.WholeCount); an int already.
-        entries = await read_new_entries(redis, stream, group, job.consumer, int(job.count))
-        result = await processor.process(entries, job.consumer)
-        await release_consumer(redis, keys, group, job.consumer)
-        return Processed(result.read, result.processed, result.dead_lettered, result.acked)
+        count, consumer = int(job.count), job.consumer
+        first = next(turns) % len(shards)
+        done = [0, 0, 0, 0]  # read, processed, dead-lettered, acked
+        for turn in range(len(shards)):
+            index = (first + turn) % len(shards)
+            shard = shards[index]
+            entries = await read_new_entries(redis, shard.stream, group, consumer, count - done[0])
+            result = await processors[index].process(entries, consumer)
+            await release_consumer(redis, shard, group, consumer)
+            counts = (result.read, result.processed, result.dead_lettered, result.acked)
+            done = [a + b for a, b in zip(done, counts, strict=True)]
+            if done[0] >= count:
+                break
+        return Processed(*done)
 
     return process_entries
 
 
 async def read_new_entries(
-    redis: Redis, stream: str, group: str, consumer: str, count: int
+    redis: RedisClient, stream: str, group: str, consumer: str, count: int
 ) -> list[Entry]:
     """Up to ``count`` never-delivered entries (``>``), without blocking.
 
@@ -372,10 +388,10 @@ async def read_new_entries(
     """
     command = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", stream, ">")
     try:
-        reply: StreamsReply | None = await call(redis, *command)
+        reply: StreamsReply | None = await call_at(redis, stream, *command)
     except ResponseError as exc:
         if not str(exc).startswith("NOGROUP"):
             raise
         await ensure_group(redis, stream, group)
-        reply = await call(redis, *command)
+        reply = await call_at(redis, stream, *command)
     return reply[0][1] if reply else []

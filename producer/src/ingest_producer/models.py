@@ -17,6 +17,11 @@ WholeCount = Annotated[float, msgspec.Meta(ge=1, le=10_000, multiple_of=1)]
 # A full stream entry id. At most 19 digits a part: each fits the 64 bits Redis allows (20
 # digits may not, and Redis refuses the command). reading.params checks ids with it.
 STREAM_ID_PATTERN = r"\A[0-9]{1,19}-[0-9]{1,19}\Z"
+# A dead-letter id with several stream shards: the stream id and its shard (below 1024, no
+# leading zeros), since two shards' dead letters can have the same id.
+QUALIFIED_ID_PATTERN = r"\A[0-9]{1,19}-[0-9]{1,19}@(?:0|[1-9][0-9]{0,3})\Z"
+# A `before` cursor with several shards: qualified, or plain (older than it in every shard).
+CURSOR_ID_PATTERN = r"\A[0-9]{1,19}-[0-9]{1,19}(?:@(?:0|[1-9][0-9]{0,3}))?\Z"
 # A value read back from Redis. Stored samples are finite, but an aggregate may not be (a sum
 # past 1.8e308 is inf, an average of those NaN); msgspec writes those as null, and so the
 # schema says number or null.
@@ -280,6 +285,19 @@ class ReplayRequest(Base):
 
     def __post_init__(self) -> None:
         self.max = int(self.max)
+
+
+class ShardedReplayRequest(ReplayRequest):
+    """Either ``ids`` (dead-letter ids qualified by their shard, ``<id>@<shard>``, at most
+    10000) or ``all: true`` with ``max`` (the oldest ``max`` dead letters of every shard)."""
+
+    ids: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(extra_json_schema={"pattern": QUALIFIED_ID_PATTERN})]],
+            msgspec.Meta(max_length=10_000),
+        ]
+        | None
+    ) = None
 
 
 class StillInvalid(Base):

@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 from litestar import Request, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter, QueryParameter
-from redis.asyncio import Redis
 
 from ingest_producer.auth import ACCESS_OPT, Access, KeyRing, presented_key
 from ingest_producer.deadletter_routes import dead_letter_routes
@@ -18,6 +17,7 @@ from ingest_producer.openapi import TIME_PARAMETER, ParameterOperation
 from ingest_producer.reading import catalog, charts, params, ranges
 from ingest_producer.reading.context import ReadContext, create_read_context
 from ingest_shared.keys import AGGREGATIONS
+from ingest_shared.redis_client import RedisClient
 from ingest_shared.schema import METRIC_PATTERN, NAME_MAX, SOURCE_PATTERN
 from ingest_shared.settings import Settings
 
@@ -31,7 +31,9 @@ def _name(pattern: str) -> dict[str, Any]:
     return {"schema_extra": {"minLength": 1, "maxLength": NAME_MAX, "pattern": pattern}}
 
 
-def read_side_routes(settings: Settings, redis: Redis, ring: KeyRing) -> list[HTTPRouteHandler]:
+def read_side_routes(
+    settings: Settings, redis: RedisClient, ring: KeyRing
+) -> list[HTTPRouteHandler]:
     """Every read-side route (queries and dead letters) on one read context."""
     ctx = create_read_context(settings, redis)
     return [*read_routes(ctx, ring), *dead_letter_routes(ctx)]

@@ -9,7 +9,6 @@ from typing import Annotated
 from litestar import get
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from ingest_producer.auth import ACCESS_OPT, Access
@@ -25,16 +24,18 @@ from ingest_producer.models import (
 from ingest_producer.openapi import ParameterOperation
 from ingest_shared import keys as k
 from ingest_shared.keys import Keys
-from ingest_shared.redis_client import call
+from ingest_shared.redis_client import RedisClient, call
 from ingest_shared.schema import now_ms
 
 # Replies that mean "nothing there yet" rather than a failure.
 _NO_GROUP = "NOGROUP"
 _NO_SERIES = "does not exist"
 _NO_KEY = "no such key"
+# The queue commands read_summary sends per shard.
+_SHARD_REPLIES = 6
 
 
-def query_routes(redis: Redis, keys: Keys, group: str) -> list[HTTPRouteHandler]:
+def query_routes(redis: RedisClient, keys: Keys, group: str) -> list[HTTPRouteHandler]:
     """The read routes, bound to their collaborators."""
 
     @get(
@@ -71,26 +72,33 @@ def query_routes(redis: Redis, keys: Keys, group: str) -> list[HTTPRouteHandler]
     return [summary, recent_events]
 
 
-async def read_summary(redis: Redis, keys: Keys, group: str) -> Summary:
-    """Two round trips whatever the number of metrics: queue counters, then every TS.GET."""
+async def read_summary(redis: RedisClient, keys: Keys, group: str) -> Summary:
+    """Two round trips whatever the number of metrics and shards: queue counters (of every
+    shard, summed), then every TS.GET. On a cluster each is one pipeline per node, at once."""
+    shards = keys.shards
     pipe = redis.pipeline(transaction=False)
-    pipe.xlen(keys.stream)
-    pipe.xpending(keys.stream, group)
-    pipe.xlen(keys.dead_letter)
     pipe.smembers(keys.metrics)
-    pipe.execute_command("XINFO", "STREAM", keys.stream)
-    pipe.xinfo_groups(keys.stream)
-    pipe.xinfo_consumers(keys.stream, group)
-    replies = await pipe.execute(raise_on_error=False)
-    total, pending, dead_lettered, members, info, groups, consumers = replies
+    for shard in shards:
+        pipe.xlen(shard.stream)
+        pipe.xpending(shard.stream, group)
+        pipe.xlen(shard.dead_letter)
+        pipe.execute_command("XINFO", "STREAM", shard.stream)
+        pipe.xinfo_groups(shard.stream)
+        pipe.xinfo_consumers(shard.stream, group)
+    members, *replies = await pipe.execute(raise_on_error=False)
+    per_shard = [replies[i * _SHARD_REPLIES : (i + 1) * _SHARD_REPLIES] for i in range(len(shards))]
+    now = now_ms()
+    lags = [_lag(groups, group) for _, _, _, _, groups, _ in per_shard]
+    ages = [_oldest_pending_age(pending, now) for _, pending, *_ in per_shard]
+    known_ages = [age for age in ages if age is not None]
     queue = QueueSummary(
-        total=_count(total),
-        pending=_pending_count(pending),
-        dead_lettered=_count(dead_lettered),
-        added=_entries_added(info),
-        lag=_lag(groups, group),
-        oldestPendingAgeMs=_oldest_pending_age(pending, now_ms()),
-        consumers=_consumers(consumers),
+        total=sum(_count(total) for total, *_ in per_shard),
+        pending=sum(_pending_count(pending) for _, pending, *_ in per_shard),
+        dead_lettered=sum(_count(dead) for _, _, dead, *_ in per_shard),
+        added=sum(_entries_added(info) for _, _, _, info, *_ in per_shard),
+        lag=None if None in lags else sum(lag for lag in lags if lag is not None),
+        oldestPendingAgeMs=max(known_ages) if known_ages else None,
+        consumers=_merged([c for *_, consumers in per_shard for c in _consumers(consumers)]),
     )
     if isinstance(members, Exception):
         raise members
@@ -113,12 +121,44 @@ async def read_summary(redis: Redis, keys: Keys, group: str) -> Summary:
     return Summary(queue, summaries)
 
 
-async def read_recent(redis: Redis, keys: Keys, count: int) -> list[RecentEntry]:
-    """The newest ``count`` entries, whatever their writer put in them."""
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = await call(
-        redis, "XREVRANGE", keys.stream, "+", "-", "COUNT", count
-    )
+async def read_recent(redis: RedisClient, keys: Keys, count: int) -> list[RecentEntry]:
+    """The newest ``count`` entries (of every shard, merged by id), whatever their writer put
+    in them."""
+    shards = keys.shards
+    if len(shards) == 1:
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = await call(
+            redis, "XREVRANGE", shards[0].stream, "+", "-", "COUNT", count
+        )
+    else:
+        pipe = redis.pipeline(transaction=False)
+        for shard in shards:
+            pipe.execute_command("XREVRANGE", shard.stream, "+", "-", "COUNT", count)
+        newest = [entry for reply in await pipe.execute() for entry in reply]
+        entries = sorted(newest, key=lambda entry: _id_order(entry[0]), reverse=True)[:count]
     return [RecentEntry(entry_id.decode(), entry_value(fields)) for entry_id, fields in entries]
+
+
+def _id_order(entry_id: bytes) -> tuple[int, int]:
+    """A stream id as (ms, seq), for sorting entries of several streams by time."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq)
+
+
+def _merged(consumers: list[ConsumerInfo]) -> list[ConsumerInfo]:
+    """One entry per consumer name (a worker reads several shards under one name): pending
+    summed, idle the smallest (its latest activity anywhere); in order of first appearance."""
+    by_name: dict[str, ConsumerInfo] = {}
+    for consumer in consumers:
+        seen = by_name.get(consumer.name)
+        if seen is None:
+            by_name[consumer.name] = consumer
+        else:
+            by_name[consumer.name] = ConsumerInfo(
+                consumer.name,
+                seen.pending + consumer.pending,
+                min(seen.idleMs, consumer.idleMs),
+            )
+    return list(by_name.values())
 
 
 def entry_value(fields: dict[bytes, bytes]) -> dict[str, str | float]:

@@ -12,8 +12,17 @@ from __future__ import annotations
 import sys
 from enum import Enum
 
-# Every role: connecting (redis-py names itself with CLIENT SETINFO) and health probes.
-_CONNECT = ("ping", "client|setinfo", "ts.info")
+# Every role: connecting (redis-py names itself with CLIENT SETINFO), health probes, and the
+# stream layout check at start (a cluster client also asks for the slot table).
+_CONNECT = (
+    "ping",
+    "client|setinfo",
+    "ts.info",
+    "hsetnx",
+    "hgetall",
+    "cluster|slots",
+    "command",
+)
 # Reads the producer's queries, the dashboard and the backlog monitor use.
 _READ = (
     "xlen",
@@ -82,6 +91,16 @@ COMMANDS: dict[Role, tuple[str, ...]] = {
         "xinfo",
         "xrevrange",
         "xtrim",
+        # Sharing shards: heartbeats, leases (inside ingest_lease), consumer cleanup.
+        "zadd",
+        "zrange",
+        "zremrangebyscore",
+        "zrem",
+        "set",
+        "get",
+        "pexpire",
+        "del",
+        "xgroup|delconsumer",
     ),
     Role.DASHBOARD: (*_CONNECT, *_READ),
 }

@@ -19,16 +19,16 @@ import msgspec
 from redis.exceptions import ResponseError
 
 from ingest_shared import keys as k
-from ingest_shared.redis_client import call
+from ingest_shared.redis_client import call, call_at, each_primary
 from ingest_shared.schema import Base, EventOut
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from redis.asyncio import Redis
     from redis.typing import EncodableT
 
-    from ingest_shared.keys import Keys
+    from ingest_shared.keys import StreamKeys
+    from ingest_shared.redis_client import RedisClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,37 +120,47 @@ RawSegmentReply: TypeAlias = list[bytes | int]
 _CONFLICT = Conflict()
 
 
-async def load_library(redis: Redis, library: Library) -> None:
-    """(Re)load ``library``; safe to call from every process at every start.
+async def load_library(redis: RedisClient, library: Library) -> None:
+    """(Re)load ``library`` (on every primary of a cluster); safe to call from every process at
+    every start.
 
     A server still holding the single library of earlier releases has it deleted first (its
     function names clash); that is the one "already exists" error tolerated here.
     """
+    load = ("FUNCTION", "LOAD", "REPLACE", library.code)
     try:
-        await call(redis, "FUNCTION", "LOAD", "REPLACE", library.code)
+        await each_primary(redis, [load])
     except ResponseError as exc:
         if _ALREADY_EXISTS not in str(exc):
             raise
         try:
-            await call(redis, "FUNCTION", "DELETE", LEGACY_LIBRARY)
+            await each_primary(redis, [("FUNCTION", "DELETE", LEGACY_LIBRARY)])
         except ResponseError:
             raise exc from None  # the clash is with something else: report it
-        await call(redis, "FUNCTION", "LOAD", "REPLACE", library.code)
+        await each_primary(redis, [load])
 
 
-async def fcall(redis: Redis, library: Library, *args: EncodableT) -> Any:
+async def fcall(redis: RedisClient, library: Library, *args: EncodableT) -> Any:
     """Run an FCALL of a ``library`` function, loading the library first if the server lost
-    it (restart, FLUSHALL)."""
+    it (restart, FLUSHALL). ``args`` start with ``FCALL name numkeys``; with keys, the call
+    goes straight to the node that owns the first (every key of a call shares its slot)."""
+    key = args[3] if int(args[2]) else None
     try:
-        return await call(redis, *args)
+        return await _fcall(redis, key, args)
     except ResponseError as exc:
         if NO_FUNCTION not in str(exc):
             raise
     await load_library(redis, library)
+    return await _fcall(redis, key, args)
+
+
+async def _fcall(redis: RedisClient, key: EncodableT | None, args: tuple[EncodableT, ...]) -> Any:
+    if isinstance(key, str | bytes):
+        return await call_at(redis, key, *args)
     return await call(redis, *args)
 
 
-def append_command(keys: Keys, segments: Sequence[Segment]) -> list[EncodableT]:
+def append_command(keys: StreamKeys, segments: Sequence[Segment]) -> list[EncodableT]:
     """The FCALL arguments appending every segment in order (for a pipeline or :func:`fcall`).
 
     The protocol is described at the top of ``lua/producer.lua``.
@@ -205,14 +215,14 @@ def _parse_segment(reply: RawSegmentReply) -> SegmentReply:
 
 
 async def append_segments(
-    redis: Redis, keys: Keys, segments: Sequence[Segment]
+    redis: RedisClient, keys: StreamKeys, segments: Sequence[Segment]
 ) -> list[SegmentReply]:
     """Append ``segments`` in one round trip, each under its own guards."""
     reply = await fcall(redis, PRODUCER_LIBRARY, *append_command(keys, segments))
     return parse_append_reply(reply)
 
 
-async def trim_stream(redis: Redis, keys: Keys, keep: int) -> int:
+async def trim_stream(redis: RedisClient, keys: StreamKeys, keep: int) -> int:
     """XTRIM MINID to what every group has finished with, keeping ``keep`` newest; returns
     the number of entries removed."""
     removed, _ = await fcall(redis, WORKER_LIBRARY, "FCALL", "ingest_trim", 1, keys.stream, keep)
@@ -228,7 +238,7 @@ class Replayed(Base):
 
 
 async def replay_dead_letters(
-    redis: Redis, keys: Keys, letters: Sequence[tuple[str, dict[str, str]]]
+    redis: RedisClient, keys: StreamKeys, letters: Sequence[tuple[str, dict[str, str]]]
 ) -> Replayed:
     """Append each (dead-letter id, stream fields) to the stream and delete that dead letter,
     atomically per entry, in one call: a retry or a concurrent call with the same ids moves
@@ -250,7 +260,7 @@ async def replay_dead_letters(
     return Replayed(dict(zip(pairs[::2], pairs[1::2], strict=True)), [m.decode() for m in missing])
 
 
-async def release_consumer(redis: Redis, keys: Keys, group: str, consumer: str) -> bool:
+async def release_consumer(redis: RedisClient, keys: StreamKeys, group: str, consumer: str) -> bool:
     """Delete ``consumer`` from ``group`` if it holds no pending entry; True if deleted."""
     deleted = await fcall(
         redis,
@@ -263,3 +273,38 @@ async def release_consumer(redis: Redis, keys: Keys, group: str, consumer: str) 
         consumer,
     )
     return bool(deleted)
+
+
+async def hold_lease(redis: RedisClient, lease: str, owner: str, ttl_ms: int) -> bool:
+    """Take the lease if free or extend it if ``owner`` holds it; True if ``owner`` holds it."""
+    held = await fcall(
+        redis, WORKER_LIBRARY, "FCALL", "ingest_lease", 1, lease, "hold", owner, ttl_ms
+    )
+    return bool(held)
+
+
+async def release_lease(redis: RedisClient, lease: str, owner: str) -> bool:
+    """Delete the lease if ``owner`` holds it; True if it did."""
+    released = await fcall(
+        redis, WORKER_LIBRARY, "FCALL", "ingest_lease", 1, lease, "release", owner, 0
+    )
+    return bool(released)
+
+
+async def forget_consumers(
+    redis: RedisClient, keys: StreamKeys, group: str, idle_ms: int, own: str = ""
+) -> list[str]:
+    """Delete the group's consumers holding nothing pending that were idle past ``idle_ms``,
+    and ``own`` if it holds nothing; the names deleted."""
+    deleted = await fcall(
+        redis,
+        WORKER_LIBRARY,
+        "FCALL",
+        "ingest_forget_consumers",
+        1,
+        keys.stream,
+        group,
+        idle_ms,
+        own,
+    )
+    return [name.decode() for name in deleted]

@@ -10,7 +10,12 @@ stream carry the stream's hash tag, so one call never spans two slots.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import zlib
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 # Stream entry fields, as the tutorial writes them.
 FIELD_SOURCE = b"source"
@@ -62,6 +67,61 @@ class Rollup:
 DEFAULT_ROLLUPS = (Rollup("avg", 60_000),)
 
 
+class StreamKeys(Protocol):
+    """A stream and its dead-letter stream: a :class:`Shard`, or :class:`Keys` (its first)."""
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def dead_letter(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One stream shard: its stream, dead letters, idempotency records and rate counters all
+    carry the shard's hash tag, so every function call on a shard stays in one slot."""
+
+    index: int
+    tag: str
+    stream: str
+    dead_letter: str
+    prefix: str
+
+    def idempotency(self, digest: str) -> str:
+        """Stored response of one Idempotency-Key; ``digest`` is a hash, never the raw key."""
+        return f"{self.prefix}idempotency:{{{self.tag}}}:{digest}"
+
+    def rate_limit(self, client_id: str) -> str:
+        """The fixed-window event counter of one API client."""
+        return f"{self.prefix}rate:{{{self.tag}}}:{client_id}"
+
+    def lease(self) -> str:
+        """Which worker owns this shard (a key with a TTL, in the shard's slot)."""
+        return f"{self.prefix}lease:{{{self.tag}}}"
+
+
+@functools.cache
+def spread_tags(count: int) -> tuple[str, ...]:
+    """``count`` hash tags whose slots fall in ``count`` equal slot ranges, in order: shards
+    spread evenly over primaries that hold equal contiguous ranges (what ``redis-cli --cluster
+    create`` makes). Deterministic: every process derives the same tags."""
+    tags = []
+    for index in range(count):
+        low = index * REDIS_CLUSTER_HASH_SLOTS // count
+        high = (index + 1) * REDIS_CLUSTER_HASH_SLOTS // count
+        attempt = 0
+        while not low <= key_slot(f"s{index}.{attempt}".encode()) < high:
+            attempt += 1
+        tags.append(f"s{index}.{attempt}")
+    return tuple(tags)
+
+
+def stable_hash(text: str) -> int:
+    """A hash that is the same in every process (Python's ``hash`` is salted per process)."""
+    return zlib.crc32(text.encode())
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     """Key names for one deployment; build it once from the settings and pass it down."""
@@ -74,6 +134,50 @@ class Keys:
     rollups: tuple[Rollup, ...] = DEFAULT_ROLLUPS
     # What every key starts with (the keys above too, unless configured otherwise).
     prefix: str = "telemetry:"
+    # INGEST_STREAM_SHARDS, and whether Redis is a cluster (per-device series then carry their
+    # shard's tag, so one worker batch writes them in one command).
+    stream_shards: int = 1
+    cluster: bool = False
+    shards: tuple[Shard, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.stream_shards == 1 and not self.cluster:
+            # One stream on one node: the names of every release before sharding.
+            only = Shard(0, hash_tag(self.stream), self.stream, self.dead_letter, self.prefix)
+            object.__setattr__(self, "shards", (only,))
+            return
+        shards = tuple(
+            Shard(
+                index,
+                tag,
+                f"{self.stream}:{{{tag}}}",
+                f"{self.dead_letter}:{{{tag}}}",
+                self.prefix,
+            )
+            for index, tag in enumerate(spread_tags(self.stream_shards))
+        )
+        object.__setattr__(self, "shards", shards)
+
+    def shard_of_source(self, source: str) -> Shard:
+        """The shard a device's events go to (and, on a cluster, its series' slot)."""
+        shards = self.shards
+        return shards[0] if len(shards) == 1 else shards[stable_hash(source) % len(shards)]
+
+    def shard_of_client(self, client_id: str) -> Shard:
+        """The shard of a request guarded by an idempotency key or a rate limit: one place per
+        client, so its records and its budget stay exact."""
+        shards = self.shards
+        return shards[0] if len(shards) == 1 else shards[stable_hash(client_id) % len(shards)]
+
+    @property
+    def layout(self) -> str:
+        """Where the shard layout in use is recorded (checked at start: it cannot change)."""
+        return f"{self.prefix}layout"
+
+    @property
+    def workers(self) -> str:
+        """The live workers (a sorted set of heartbeats) that share the shards."""
+        return f"{self.prefix}workers"
 
     def outside_prefix(self) -> list[str]:
         """Configured key names that do not start with :attr:`prefix` (an ACL on the prefix
@@ -98,9 +202,16 @@ class Keys:
         """The per-metric series of ``rollup`` (same hash tag as :meth:`raw`)."""
         return f"{self.series_prefix}:{{{metric}}}:{rollup.name}"
 
+    def _device(self, metric: str, source: str) -> str:
+        """The per-device part of a series key: ``{metric|source}`` (a slot per device), or on a
+        cluster ``{<shard tag>}:metric|source`` (a slot per shard)."""
+        if self.cluster:
+            return f"{{{self.shard_of_source(source).tag}}}:{metric}|{source}"
+        return f"{{{metric}|{source}}}"
+
     def source_raw(self, metric: str, source: str) -> str:
         """The per-(metric, source) raw series: no two devices overwrite each other."""
-        return f"{self.series_prefix}:{{{metric}|{source}}}:raw"
+        return f"{self.series_prefix}:{self._device(metric, source)}:raw"
 
     def source_rollup(self, metric: str, source: str) -> str:
         """The first rollup of :meth:`source_raw`."""
@@ -108,16 +219,16 @@ class Keys:
 
     def source_rollup_of(self, metric: str, source: str, rollup: Rollup) -> str:
         """The series of ``rollup`` of :meth:`source_raw` (same hash tag)."""
-        return f"{self.series_prefix}:{{{metric}|{source}}}:{rollup.name}"
+        return f"{self.series_prefix}:{self._device(metric, source)}:{rollup.name}"
 
     # Keys the append function touches share the stream's slot (one FCALL, no CROSSSLOT).
     def idempotency(self, digest: str) -> str:
-        """Stored response of one Idempotency-Key; ``digest`` is a hash, never the raw key."""
-        return f"{self.prefix}idempotency:{{{hash_tag(self.stream)}}}:{digest}"
+        """The first shard's :meth:`Shard.idempotency` (one shard: the only one)."""
+        return self.shards[0].idempotency(digest)
 
     def rate_limit(self, client_id: str) -> str:
-        """The fixed-window event counter of one API client."""
-        return f"{self.prefix}rate:{{{hash_tag(self.stream)}}}:{client_id}"
+        """The first shard's :meth:`Shard.rate_limit` (one shard: the only one)."""
+        return self.shards[0].rate_limit(client_id)
 
 
 def hash_tag(key: str) -> str:

@@ -7,7 +7,8 @@ DUPLICATE_POLICY LAST), so processing an entry twice stores it once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from redis.exceptions import RedisError, ResponseError
@@ -22,18 +23,18 @@ from ingest_shared.timeseries import (
     ensure_series,
     is_retryable,
     madd_command,
+    madd_commands_by_slot,
     packed_pair,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from redis.asyncio import Redis
-
-    from ingest_shared.keys import Keys
+    from ingest_shared.keys import Keys, Shard
+    from ingest_shared.redis_client import RedisClient
     from ingest_shared.settings import Settings
     from ingest_shared.streams import Entry
-    from ingest_shared.timeseries import KnownSeries
+    from ingest_shared.timeseries import KnownSeries, MetricElements
 
 # Remembered (metric, source) pairs whose series exist; past this many, start again (a cache
 # miss costs one idempotent setup round trip, never correctness).
@@ -61,8 +62,11 @@ def _oversized_reason(fields: Mapping[bytes, bytes]) -> str:
     )
 
 
-def create_processor(redis: Redis, settings: Settings) -> BatchProcessor:
-    """The batch processor ``settings`` describe, writing through ``redis``."""
+def create_processor(
+    redis: RedisClient, settings: Settings, shard: Shard | None = None
+) -> BatchProcessor:
+    """The batch processor ``settings`` describe for ``shard`` (default: the first), writing
+    through ``redis``."""
     layout = SeriesLayout(
         retention_ms=settings.retention_ms, rollup_retention_ms=settings.rollup_retention_ms
     )
@@ -76,6 +80,7 @@ def create_processor(redis: Redis, settings: Settings) -> BatchProcessor:
         layout,
         window,
         dead_letter_maxlen=settings.dead_letter_maxlen,
+        shard=shard,
     )
 
 
@@ -84,7 +89,7 @@ class BatchProcessor:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         group: str,
         layout: SeriesLayout,
@@ -92,6 +97,7 @@ class BatchProcessor:
         *,
         dead_letter_maxlen: int = 100_000,
         collapse_duplicates: bool = True,
+        shard: Shard | None = None,
     ) -> None:
         """``collapse_duplicates=False`` writes one per-metric sample per entry even when a
         batch holds several for one (metric, timestamp): same result, slower (for comparison)."""
@@ -100,13 +106,15 @@ class BatchProcessor:
         self._collapse = collapse_duplicates
         self._keys = keys
         self._group = group.encode()
-        self._stream = keys.stream.encode()
+        self._shard = shard or keys.shards[0]
+        self._stream = self._shard.stream.encode()
         self._layout = layout
         self._window = window
         # (metric, source) pairs whose series exist, with their raw series keys packed for RESP.
         # Nested by metric, then source: str keys hash once, a (metric, source) tuple per sample
         # would be built and hashed on every lookup.
         self._known: KnownSeries = {}
+        self._slots: dict[bytes, int] = {}  # cluster: the slot of each packed series key
 
     async def process(
         self, entries: Sequence[Entry], consumer: str, forced: Mapping[bytes, str] | None = None
@@ -183,13 +191,11 @@ class BatchProcessor:
         ``ids[i]`` is the entry of ``samples[i]``.
         """
         known = self._known
-        collapse = self._collapse
         try:
-            command, elements = madd_command(samples, known, collapse=collapse)
+            results, elements = await self._madd(samples)
         except KeyError:  # a pair seen for the first time (or since the cache was reset)
             await self._set_up_series(samples)
-            command, elements = madd_command(samples, known, collapse=collapse)
-        results = await call_packed(self._redis, command)
+            results, elements = await self._madd(samples)
         if all(type(r) is int for r in results):
             return {}
         # Per-device results first, one per sample; then one per per-metric element, which
@@ -212,6 +218,24 @@ class BatchProcessor:
             rejected |= await self._store_one_by_one(retry)
         return rejected
 
+    async def _madd(self, samples: list[Sample]) -> tuple[list[Any], MetricElements]:
+        """TS.MADD of every sample (KeyError for an unknown pair); the results in
+        madd_command's layout. On a cluster, one command per slot, all at once."""
+        if not self._keys.cluster:
+            command, elements = madd_command(samples, self._known, collapse=self._collapse)
+            return await call_packed(self._redis, command), elements
+        commands, elements = madd_commands_by_slot(
+            samples, self._known, self._slots, collapse=self._collapse
+        )
+        replies = await asyncio.gather(
+            *(call_packed(self._redis, command, key) for key, command, _ in commands)
+        )
+        results: list[Any] = [None] * (len(samples) + len(elements))
+        for (_, _, positions), reply in zip(commands, replies, strict=True):
+            for position, result in zip(positions, reply, strict=True):
+                results[position] = result
+        return results, elements
+
     async def _set_up_series(self, samples: list[Sample]) -> None:
         """Create the series of every pair in ``samples`` not known yet, and remember them."""
         known = self._known
@@ -219,6 +243,7 @@ class BatchProcessor:
         if sum(map(len, known.values())) + len(new) > _KNOWN_SERIES_LIMIT:
             # Start again; this batch's pairs go through the (idempotent) setup once more.
             known.clear()
+            self._slots.clear()
             new = {(s.metric, s.source) for s in samples}
         await ensure_series(self._redis, self._keys, self._layout, new)
         self._remember(new)
@@ -256,9 +281,9 @@ class BatchProcessor:
         ]
         # Raises on the first error: then nothing is acked and the batch is retried.
         await append_dead_letters(
-            self._redis, self._keys.dead_letter, letters, self._dead_letter_maxlen
+            self._redis, self._shard.dead_letter, letters, self._dead_letter_maxlen
         )
 
     async def _ack(self, ids: list[bytes]) -> int:
         command = pack(b"XACK", self._stream, self._group, *ids)
-        return int(await call_packed(self._redis, command))
+        return int(await call_packed(self._redis, command, self._stream))

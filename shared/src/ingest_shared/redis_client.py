@@ -1,4 +1,5 @@
-"""The Redis client factory: one place that sets timeouts, retry behaviour and TLS."""
+"""The Redis client factory: one place that sets timeouts, retry behaviour, TLS and the choice
+between a single node and a Redis Cluster (``RedisClient`` is either client)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,26 @@ import asyncio
 import contextlib
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import AskError, MovedError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from redis.typing import EncodableT
+
+# A single node or a cluster: everything that talks to Redis takes either.
+RedisClient: TypeAlias = "Redis | RedisCluster"
+# MOVED/ASK answers followed by call_packed before giving up (redis-py's own bound is 16).
+MAX_REDIRECTS = 5
 
 # full: the chain and the host name in REDIS_URL; ca: the chain only; none: encryption only.
 TlsVerify: TypeAlias = Literal["full", "ca", "none"]
@@ -62,6 +71,30 @@ class RedisTls:
         }
 
 
+@overload
+def create_redis(
+    url: str,
+    *,
+    socket_timeout: float,
+    connect_timeout: float = ...,
+    max_connections: int = ...,
+    tls: RedisTls | None = ...,
+    cluster: Literal[False] = ...,
+) -> Redis: ...
+
+
+@overload
+def create_redis(
+    url: str,
+    *,
+    socket_timeout: float,
+    connect_timeout: float = ...,
+    max_connections: int = ...,
+    tls: RedisTls | None = ...,
+    cluster: bool,
+) -> RedisClient: ...
+
+
 def create_redis(
     url: str,
     *,
@@ -69,15 +102,34 @@ def create_redis(
     connect_timeout: float = 1.0,
     max_connections: int = 256,
     tls: RedisTls | None = None,
-) -> Redis:
+    cluster: bool = False,
+) -> RedisClient:
     """A bytes-replying asyncio client; the caller owns it and must ``aclose()`` it.
 
     No hidden retries: the callers decide (the producer answers 503 at once, the worker backs
     off and keeps its batch pending), so a dead Redis never turns into a hang.
     ``socket_timeout`` must exceed any ``BLOCK`` time used on the client. ``tls`` applies to
-    ``rediss://`` URLs only (the settings refuse TLS files with any other scheme).
+    ``rediss://`` URLs only (the settings refuse TLS files with any other scheme). With
+    ``cluster``, a RedisCluster from any node's URL: it still follows MOVED/ASK (a routing
+    answer), but retries nothing else, and never closes every connection on a MOVED storm.
     """
     tls_kwargs = (tls or RedisTls()).redis_kwargs() if url.startswith("rediss://") else {}
+    if cluster:
+        cluster_client = RedisCluster.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=max_connections,  # per node
+            health_check_interval=0,
+            reinitialize_steps=0,
+            **tls_kwargs,
+        )
+        if tls_kwargs:
+            # The nodes' connections are made from these arguments at initialize().
+            cluster_client.connection_kwargs["connection_class"] = _TlsConnection
+        return cluster_client
     client = Redis.from_url(
         url,
         decode_responses=False,
@@ -191,8 +243,17 @@ def _tls_hint(reason: str) -> str:
     return "the TLS handshake with Redis failed"
 
 
-async def call(redis: Redis, *args: EncodableT) -> Any:
+async def call(redis: RedisClient, *args: EncodableT) -> Any:
     """``execute_command`` with typed arguments (redis-py leaves it untyped)."""
+    return await redis.execute_command(*args)  # type: ignore[no-untyped-call,unused-ignore]
+
+
+async def call_at(redis: RedisClient, key: str | bytes, *args: EncodableT) -> Any:
+    """``execute_command`` sent to the node that owns ``key`` (a cluster client otherwise asks
+    the server for the keys of FCALL/XREADGROUP first: two more round trips per call)."""
+    if isinstance(redis, RedisCluster):
+        node = redis.get_node_from_key(key.decode() if isinstance(key, bytes) else key)
+        return await redis.execute_command(*args, target_nodes=node)
     return await redis.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
@@ -210,14 +271,17 @@ def pack(*args: bytes) -> bytes:
     return b"".join(parts)
 
 
-async def call_packed(redis: Redis, command: bytes) -> Any:
+async def call_packed(redis: RedisClient, command: bytes, key: bytes = b"") -> Any:
     """Send one command already encoded in RESP and return its unparsed reply.
 
     For commands with thousands of arguments (see :func:`pack` and ``timeseries.madd_command``).
     Like ``execute_command`` without retries or a response callback: an error reply raises
     ResponseError, per-element errors stay in the reply, and a connection that fails or is
-    cancelled mid-command is disconnected by redis-py before it returns to the pool.
+    cancelled mid-command is disconnected by redis-py before it returns to the pool. On a
+    cluster it goes to the node that owns ``key`` (every key of the command shares its slot).
     """
+    if isinstance(redis, RedisCluster):
+        return await _call_packed_on_cluster(redis, command, key)
     pool = redis.connection_pool
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
@@ -225,3 +289,111 @@ async def call_packed(redis: Redis, command: bytes) -> Any:
         return await connection.read_response()
     finally:
         await pool.release(connection)
+
+
+async def _call_packed_on_cluster(cluster: RedisCluster, command: bytes, key: bytes) -> Any:
+    """call_packed on the node owning ``key``, following MOVED (the table is fixed) and ASK."""
+    node: ClusterNode | None = cluster.get_node_from_key(key)  # type: ignore[arg-type]
+    asking = False
+    for _ in range(MAX_REDIRECTS):
+        if node is None:
+            await cluster.nodes_manager.initialize()
+            node = cluster.get_node_from_key(key)  # type: ignore[arg-type]
+            continue
+        owner, connection = node, node.acquire_connection()
+        try:
+            # ASKING covers only the next command on the same connection: send both at once.
+            await connection.send_packed_command(pack(b"ASKING") + command if asking else command)
+            if asking:
+                await connection.read_response()
+            return await connection.read_response()
+        except MovedError as exc:  # before AskError: MovedError subclasses it
+            await cluster.nodes_manager.move_slot(exc)
+            node, asking = cluster.nodes_manager.get_node_from_slot(exc.slot_id), False
+        except AskError as exc:
+            node, asking = cluster.get_node(host=exc.host, port=exc.port) or node, True
+        except (RedisConnectionError, RedisTimeoutError):
+            # The node may be gone (a failover): read the slot table again for the next try.
+            await cluster.nodes_manager.initialize()
+            raise
+        finally:
+            owner.release(connection)
+    msg = f"still redirected after {MAX_REDIRECTS} tries"
+    raise RedisError(msg)
+
+
+async def pipeline_at(
+    redis: RedisClient, key: str, commands: Sequence[Sequence[EncodableT]]
+) -> list[Any]:
+    """``commands`` in order on ONE connection to the node that owns ``key``, in one round
+    trip; the replies, errors in place. For a write and the keyless ``WAIT``/``WAITAOF`` that
+    must confirm it: sent through a cluster client unpinned, the wait goes to another node and
+    confirms nothing. Every keyed command must be in ``key``'s slot.
+
+    On a cluster nothing is redirected: a MOVED reply means that command did not run there,
+    and what followed it on that connection confirms nothing. The slot table is then fixed and
+    the whole pipeline sent once more, to the new owner.
+    """
+    if not isinstance(redis, RedisCluster):
+        pipe = redis.pipeline(transaction=False)
+        for args in commands:
+            pipe.execute_command(*args)
+        return await pipe.execute(raise_on_error=False)
+    replies = await _pinned_pipeline(redis, key, commands)
+    moved = next((reply for reply in replies if isinstance(reply, MovedError)), None)
+    if moved is None:
+        return replies
+    await redis.nodes_manager.move_slot(moved)
+    return await _pinned_pipeline(redis, key, commands)
+
+
+async def _pinned_pipeline(
+    cluster: RedisCluster, key: str, commands: Sequence[Sequence[EncodableT]]
+) -> list[Any]:
+    node = cluster.get_node_from_key(key)
+    pipe = cluster.pipeline(transaction=False)
+    for args in commands:
+        pipe.execute_command(*args, target_nodes=node)
+    try:
+        return await pipe.execute(raise_on_error=False, allow_redirections=False)
+    except (RedisConnectionError, RedisTimeoutError):
+        # The node may be gone (a failover): read the slot table again for the next call, and
+        # report the original error (it tells whether anything was sent).
+        with contextlib.suppress(RedisError, OSError):
+            await cluster.nodes_manager.initialize()
+        raise
+
+
+async def each_primary(redis: RedisClient, commands: Sequence[Sequence[EncodableT]]) -> list[Any]:
+    """Run every (keyless) command on every primary: a single node answers once. One round trip
+    per node; the replies per node, each a list of the commands' replies, in order."""
+    if isinstance(redis, RedisCluster):
+        # A client that has sent nothing yet knows no node: get_primaries() would be empty,
+        # and the commands would silently go nowhere. A no-op once initialized.
+        await redis.initialize()
+        nodes = redis.get_primaries()
+        cluster_pipe = redis.pipeline(transaction=False)
+        for node in nodes:
+            for args in commands:
+                cluster_pipe.execute_command(*args, target_nodes=node)
+        flat = await cluster_pipe.execute(raise_on_error=True)
+        width = len(commands)
+        return [flat[index * width : (index + 1) * width] for index in range(len(nodes))]
+    pipe = redis.pipeline(transaction=False)
+    for args in commands:
+        pipe.execute_command(*args)
+    return [await pipe.execute(raise_on_error=True)]
+
+
+async def is_cluster(url: str, *, connect_timeout: float, tls: RedisTls | None = None) -> bool:
+    """``INFO cluster`` says ``cluster_enabled:1`` at ``url``; raises if it cannot be asked."""
+    tls_kwargs = (tls or RedisTls()).redis_kwargs() if url.startswith("rediss://") else {}
+    async with Redis.from_url(
+        url,
+        socket_timeout=connect_timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), 0),
+        **tls_kwargs,
+    ) as probe:
+        info = await probe.info("cluster")
+    return bool(info.get("cluster_enabled"))

@@ -27,6 +27,7 @@ _NAME = re.compile(r"\A[A-Za-z0-9_.:@/-]{1,128}\Z")
 _KEY = re.compile(r"\A[^\s{}]{1,256}\Z")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("auto", "json", "console")
+_REDIS_MODES = ("auto", "standalone", "cluster")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,10 @@ class Settings:
     metrics_key: str = "telemetry:metrics"
     series_prefix: str = "telemetry:ts"
     key_prefix: str = "telemetry:"
+    # auto: detected at the entry point (INFO cluster) and replaced by what was found.
+    redis_mode: str = "standalone"
+    stream_shards: int = 1
+    consumer_idle_cleanup_ms: int = 3_600_000
     rollup_bucket_ms: int = 60_000
     retention_ms: int = 86_400_000
     rollup_retention_ms: int = 2_592_000_000
@@ -103,6 +108,8 @@ class Settings:
             series_prefix=self.series_prefix,
             rollups=self.rollup_rules,
             prefix=self.key_prefix,
+            stream_shards=self.stream_shards,
+            cluster=self.redis_mode == "cluster",
         )
 
 
@@ -128,6 +135,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         metrics_key=_text(env, "INGEST_METRICS_KEY", d.metrics_key, _KEY),
         series_prefix=_text(env, "INGEST_SERIES_PREFIX", d.series_prefix, _KEY),
         key_prefix=_text(env, "INGEST_KEY_PREFIX", d.key_prefix, _KEY),
+        redis_mode=_choice(env, "INGEST_REDIS_MODE", "auto", _REDIS_MODES),
+        stream_shards=_int(env, "INGEST_STREAM_SHARDS", d.stream_shards, 1, 1_024),
+        consumer_idle_cleanup_ms=_int(
+            env, "INGEST_CONSUMER_IDLE_CLEANUP_MS", d.consumer_idle_cleanup_ms, 1_000
+        ),
         rollup_bucket_ms=_int(env, "INGEST_ROLLUP_BUCKET_MS", d.rollup_bucket_ms, 1),
         retention_ms=_int(env, "INGEST_RETENTION_MS", d.retention_ms, 1),
         rollup_retention_ms=_int(env, "INGEST_ROLLUP_RETENTION_MS", d.rollup_retention_ms, 0),

@@ -7,25 +7,29 @@ from typing import TYPE_CHECKING, TypeAlias
 from redis.exceptions import (
     AskError,
     BusyLoadingError,
-    ClusterDownError,
+    ClusterError,
     MovedError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ingest_shared import keys as k
+from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.redis_client import call
 from ingest_shared.schema import JSON_ENCODER, format_ms
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from redis.asyncio import Redis
     from redis.typing import EncodableT
+
+    from ingest_shared.keys import Keys
+    from ingest_shared.redis_client import RedisClient
 
 # An entry as XREADGROUP/XAUTOCLAIM return it; fields is None for an entry deleted while pending.
 Entry: TypeAlias = tuple[bytes, dict[bytes, bytes] | None]
@@ -33,7 +37,14 @@ Entry: TypeAlias = tuple[bytes, dict[bytes, bytes] | None]
 # Server replies that mean "not now" rather than "never": retry them, ack nothing.
 # redis-py turns most of them into their own classes and strips the code from the message
 # (an OOM reply reads "command not allowed when ..."), so classes are checked, not prefixes.
-_TRANSIENT_REPLIES = (OutOfMemoryError, ReadOnlyError, TryAgainError, AskError, ClusterDownError)
+_TRANSIENT_REPLIES = (
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+    AskError,
+    ClusterError,  # ClusterDownError; and "TTL exhausted" after too many TRYAGAIN/MOVED
+    SlotNotCoveredError,  # a slot with no live primary for a moment (a failover)
+)
 # Codes redis-py leaves in the message; the space keeps BUSYGROUP and BUSYKEY out.
 _TRANSIENT_PREFIXES = ("BUSY ", "NOREPLICAS ")
 # uvloop raises RuntimeError("... the handler is closed") for a write on a connection the peer
@@ -54,7 +65,7 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT_PREFIXES)
 
 
-async def ensure_group(redis: Redis, stream: str, group: str) -> bool:
+async def ensure_group(redis: RedisClient, stream: str, group: str) -> bool:
     """Create ``group`` at ID 0 (so earlier events are not skipped), with MKSTREAM.
 
     Returns True if it was created; tolerates only BUSYGROUP.
@@ -90,7 +101,7 @@ def dead_letter_fields(
 
 
 async def append_dead_letters(
-    redis: Redis, key: str, letters: Sequence[dict[EncodableT, EncodableT]], maxlen: int
+    redis: RedisClient, key: str, letters: Sequence[dict[EncodableT, EncodableT]], maxlen: int
 ) -> None:
     """XADD each of ``letters`` (see :func:`dead_letter_fields`) in one round trip.
 
@@ -102,3 +113,23 @@ async def append_dead_letters(
     for fields in letters:
         pipe.xadd(key, fields, maxlen=maxlen, approximate=True)
     await pipe.execute(raise_on_error=True)
+
+
+async def check_layout(redis: RedisClient, keys: Keys) -> None:
+    """Record the stream layout in use the first time; raise ConfigurationError if Redis holds
+    another one (the number of shards cannot change under running data: a migration)."""
+    layout = {"shards": str(len(keys.shards)), "cluster": "1" if keys.cluster else "0"}
+    pipe = redis.pipeline(transaction=False)
+    for name, value in layout.items():
+        pipe.hsetnx(keys.layout, name, value)
+    pipe.hgetall(keys.layout)
+    *_, stored = await pipe.execute()
+    found = {name.decode(): value.decode() for name, value in stored.items()}
+    if found != layout:
+        msg = (
+            f"INGEST_STREAM_SHARDS={layout['shards']} (cluster {layout['cluster']}) but Redis "
+            f"holds the layout {found} in {keys.layout}: changing the number of shards is a "
+            "migration. Drain the old streams with the old setting (lag and pending 0), then "
+            f"DEL {keys.layout} and start with the new one"
+        )
+        raise ConfigurationError(msg)

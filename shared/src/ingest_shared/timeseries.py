@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeAlias
 
+from redis.crc import key_slot
 from redis.exceptions import NoPermissionError, ResponseError
 
 from ingest_shared import keys as k
@@ -19,9 +20,8 @@ from ingest_shared.schema import Base
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from redis.asyncio import Redis
-
     from ingest_shared.keys import Keys
+    from ingest_shared.redis_client import RedisClient
 
 # The exact errors that mean "already set up"; anything else from setup is a real failure.
 SERIES_EXISTS = "TSDB: key already exists"
@@ -92,7 +92,7 @@ def setup_commands(
 
 
 async def ensure_series(
-    redis: Redis, keys: Keys, layout: SeriesLayout, pairs: Iterable[tuple[str, str]]
+    redis: RedisClient, keys: Keys, layout: SeriesLayout, pairs: Iterable[tuple[str, str]]
 ) -> None:
     """Create the series, rollups and rules for ``pairs`` (metric, source) in one round trip.
 
@@ -171,13 +171,72 @@ def madd_command(
     return b"".join(parts), elements
 
 
+# One TS.MADD of a cluster batch: a key of its slot (for routing), the command, and where each
+# of its elements' results goes in madd_command's layout (devices first, then metrics).
+SlotCommand: TypeAlias = tuple[bytes, bytes, list[int]]
+
+
+def madd_commands_by_slot(
+    samples: Sequence[tuple[str, str, int, float]],
+    known: KnownSeries,
+    slots: dict[bytes, int],
+    *,
+    collapse: bool = True,
+) -> tuple[list[SlotCommand], MetricElements]:
+    """:func:`madd_command` for Redis Cluster: one TS.MADD per slot (a TS.MADD spanning two
+    slots is refused even when one node holds both). With shard-tagged device series, a shard's
+    batch needs one command for its devices and one per distinct metric.
+
+    ``slots`` caches the slot of each packed key (the caller bounds it with ``known``).
+    """
+    groups: dict[int, tuple[list[bytes], list[int], bytes]] = {}
+
+    def add(packed: bytes, point: bytes, position: int) -> None:
+        slot = slots.get(packed)
+        if slot is None:
+            slot = slots[packed] = key_slot(_unpacked(packed))
+        group = groups.get(slot)
+        if group is None:
+            group = groups[slot] = ([], [], _unpacked(packed))
+        group[0].extend((packed, point))
+        group[1].append(position)
+
+    per_metric: dict[tuple[bytes, int], bytes] = {}
+    uncollapsed: list[tuple[tuple[bytes, int], bytes]] = []
+    for position, (metric, source, ts, value) in enumerate(samples):
+        raw, source_raw = known[metric][source]
+        stamp = b"%d" % ts
+        number = b"%r" % value
+        point = b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(stamp), stamp, len(number), number)
+        add(source_raw, point, position)
+        if collapse:
+            per_metric[raw, ts] = point  # a repeat keeps its first place, takes the last value
+        else:
+            uncollapsed.append(((raw, ts), point))
+    metric_elements = list(per_metric.items()) if collapse else uncollapsed
+    offset = len(samples)
+    for index, ((raw, _), point) in enumerate(metric_elements):
+        add(raw, point, offset + index)
+    elements: MetricElements = [element for element, _ in metric_elements]
+    commands = [
+        (key, b"*%d\r\n$7\r\nTS.MADD\r\n" % (3 * len(positions) + 1) + b"".join(parts), positions)
+        for parts, positions, key in groups.values()
+    ]
+    return commands, elements
+
+
+def _unpacked(packed: bytes) -> bytes:
+    """The key inside a packed RESP bulk string ``$<len>\r\n<key>\r\n``."""
+    return packed[packed.index(b"\r\n") + 2 : -2]
+
+
 def is_retryable(error: ResponseError) -> bool:
     """True for a per-sample error that TS.ADD ... ON_DUPLICATE LAST after setup can fix."""
     text = str(error)
     return any(marker in text for marker in RETRYABLE_SAMPLE_ERRORS)
 
 
-async def check_timeseries(redis: Redis, keys: Keys) -> None:
+async def check_timeseries(redis: RedisClient, keys: Keys) -> None:
     """Raise ConfigurationError unless the server has the TimeSeries commands.
 
     Probes with TS.INFO on a key that does not exist: "key does not exist" proves the command is

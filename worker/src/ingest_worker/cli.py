@@ -10,19 +10,23 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.logconfig import configure_logging
+from ingest_shared.mode import resolved
 from ingest_shared.processor import create_processor
 from ingest_shared.redis_client import create_redis
 from ingest_shared.settings import load_settings
 from ingest_worker.daemon import Worker
 from ingest_worker.monitor import DEFAULT_MAX_SILENCE_S, Heartbeat, start_monitor
+from ingest_worker.ownership import ShardOwnership
 
 if TYPE_CHECKING:
+    from ingest_shared.keys import Shard
+    from ingest_shared.redis_client import RedisClient
     from ingest_shared.settings import Settings
 
 EXIT_OK = 0
@@ -70,10 +74,17 @@ async def serve(settings: Settings) -> int:
             host=settings.worker_http_host,
             port=settings.worker_http_port,
         )
-    redis = create_redis(settings.redis_url, socket_timeout=socket_timeout, tls=settings.redis_tls)
+    settings = await resolved(settings)
+    redis = create_redis(
+        settings.redis_url,
+        socket_timeout=socket_timeout,
+        tls=settings.redis_tls,
+        cluster=settings.redis_mode == "cluster",
+    )
     try:
-        worker = Worker(redis, create_processor(redis, settings), settings, heartbeat)
-        return await run_until_stopped(worker, settings.shutdown_grace_s)
+        return await run_until_stopped(
+            runner_for(redis, settings, heartbeat), settings.shutdown_grace_s
+        )
     finally:
         await redis.aclose()
         if monitor is not None:
@@ -81,7 +92,29 @@ async def serve(settings: Settings) -> int:
             await monitor.wait_closed()
 
 
-async def run_until_stopped(worker: Worker, grace_s: float) -> int:
+class Runner(Protocol):
+    """What :func:`run_until_stopped` drives: a Worker, or the shard ownership of several."""
+
+    stop_requested: asyncio.Event
+
+    def stop(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+
+def runner_for(redis: RedisClient, settings: Settings, heartbeat: Heartbeat) -> Runner:
+    """One Worker on the only stream, or, with shards, the workers of the shards it wins."""
+    keys = settings.keys
+    if len(keys.shards) == 1:
+        return Worker(redis, create_processor(redis, settings), settings, heartbeat)
+
+    def shard_worker(shard: Shard) -> Worker:
+        return Worker(redis, create_processor(redis, settings, shard), settings, heartbeat, shard)
+
+    return ShardOwnership(redis, settings, shard_worker, on_tick=heartbeat.beat)
+
+
+async def run_until_stopped(worker: Runner, grace_s: float) -> int:
     """Run ``worker`` with SIGTERM/SIGINT calling its ``stop()``; cancel it ``grace_s`` later."""
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)

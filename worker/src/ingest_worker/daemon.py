@@ -35,10 +35,10 @@ from redis.exceptions import (
 )
 
 from ingest_shared.exceptions import ConfigurationError, TransientStoreError
-from ingest_shared.functions import WORKER_LIBRARY, load_library, trim_stream
+from ingest_shared.functions import WORKER_LIBRARY, forget_consumers, load_library, trim_stream
 from ingest_shared.redis_client import tls_failure
 from ingest_shared.schema import now_ms
-from ingest_shared.streams import ensure_group, is_transient
+from ingest_shared.streams import check_layout, ensure_group, is_transient
 from ingest_shared.timeseries import check_timeseries
 from ingest_worker import metrics
 from ingest_worker.backoff import Backoff
@@ -50,9 +50,9 @@ from ingest_worker.stats import Throughput
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
-    from redis.asyncio import Redis
-
+    from ingest_shared.keys import Shard
     from ingest_shared.processor import BatchProcessor, BatchResult
+    from ingest_shared.redis_client import RedisClient
     from ingest_shared.settings import Settings
     from ingest_shared.streams import Entry
 
@@ -61,6 +61,8 @@ UNEXPECTED_ERROR_DELAY_S = 5.0
 # After Redis answers again, own pending entries are re-read this long after it (and at once):
 # entries handed to a blocked read whose connection had died can appear in that moment.
 PENDING_RECHECK_DELAYS_S = (0.0, 1.0)
+# How often each worker removes consumers that died with nothing pending.
+CONSUMER_CLEANUP_INTERVAL_S = 60.0
 # While Redis stays unreachable: one warning when it starts, then a reminder this often.
 OUTAGE_REMINDER_INTERVAL_S = 60.0
 # Error codes that mean the deployment, not the moment, is wrong.
@@ -75,6 +77,7 @@ _STEP_COMMANDS = {
     "read_own_pending": "XREADGROUP, XPENDING",
     "reclaim": "XAUTOCLAIM, XPENDING",
     "trim": "FCALL ingest_trim",
+    "cleanup": "FCALL ingest_forget_consumers",
     "new": "TS.MADD, XADD, XACK",
     "own_pending": "TS.MADD, XADD, XACK",
     "reclaimed": "TS.MADD, XADD, XACK",
@@ -90,23 +93,27 @@ class Worker:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         processor: BatchProcessor,
         settings: Settings,
         heartbeat: Heartbeat | None = None,
+        shard: Shard | None = None,
     ) -> None:
+        """One consumer of ``shard``'s stream (default: the first, the only one unsharded)."""
         self._redis = redis
         self._processor = processor
         self._settings = settings
-        self._stream = settings.keys.stream
+        self._shard = shard or settings.keys.shards[0]
+        self._stream = self._shard.stream
         self._group = settings.consumer_group
         self._consumer = settings.consumer_name
-        self._reader = StreamReader(redis, settings)
+        self._reader = StreamReader(redis, settings, self._shard.stream)
         self._reclaimer = Reclaimer(redis, settings, self._reader)
         self._backoff = Backoff()
         self._stats = Throughput()
         self._next_claim_at = 0.0  # claim at once: a dead consumer's entries may be waiting
         self._next_trim_at = 0.0
+        self._next_cleanup_at = time.monotonic() + CONSUMER_CLEANUP_INTERVAL_S
         self._heartbeat = heartbeat or Heartbeat()
         self._group_missing = False
         self._recoveries_in_a_row = 0
@@ -137,6 +144,7 @@ class Worker:
             if self._prefetched:  # delivered to us already: part of the work in hand
                 await self._handle("new", self._prefetched)
                 self._prefetched = []
+            await self._forget_self()
         finally:
             log.info("worker_stopped", **self._stats.totals())
 
@@ -156,6 +164,7 @@ class Worker:
         return False
 
     async def _create_group(self) -> bool:
+        await check_layout(self._redis, self._settings.keys)
         created = await ensure_group(self._redis, self._stream, self._group)
         await check_timeseries(self._redis, self._settings.keys)
         await load_library(self._redis, WORKER_LIBRARY)
@@ -179,7 +188,7 @@ class Worker:
         # Reading with an id returns our pending entries after it (and counts a delivery);
         # entries deleted since come back with no fields and are only acked.
         entries = await self._reader.own_pending(cursor)
-        return entries, await over_delivered(self._redis, self._settings, entries)
+        return entries, await over_delivered(self._redis, self._settings, entries, self._stream)
 
     async def _step(self) -> None:
         """Own pending if a reconnect left some, one reclaim if due, one bounded read."""
@@ -196,11 +205,7 @@ class Worker:
                 await self._handle("reclaimed", claimed.entries, claimed.forced)
             if self.stop_requested.is_set():
                 return
-        if time.monotonic() >= self._next_trim_at:
-            self._next_trim_at = time.monotonic() + self._settings.trim_interval_ms / 1000
-            removed = await self._attempt("trim", self._trim)
-            if removed:
-                log.debug("stream_trimmed", removed=removed)
+        await self._chores()
         entries = self._prefetched or await self._attempt("read", self._read_new)
         self._prefetched = []
         if not entries:
@@ -230,9 +235,36 @@ class Worker:
             log.debug("prefetch_failed", error=str(exc))
             return []
 
+    async def _chores(self) -> None:
+        """Trimming and consumer cleanup, when due."""
+        if time.monotonic() >= self._next_trim_at:
+            self._next_trim_at = time.monotonic() + self._settings.trim_interval_ms / 1000
+            removed = await self._attempt("trim", self._trim)
+            if removed:
+                log.debug("stream_trimmed", removed=removed)
+        if time.monotonic() >= self._next_cleanup_at:
+            self._next_cleanup_at = time.monotonic() + CONSUMER_CLEANUP_INTERVAL_S
+            forgotten = await self._attempt("cleanup", self._forget_dead_consumers)
+            if forgotten:
+                log.info("dead_consumers_removed", consumers=forgotten)
+
+    async def _forget_dead_consumers(self) -> list[str]:
+        """Remove consumers that hold nothing and were idle past the cleanup time (dead
+        containers of an autoscaled fleet; a live one is recreated by its next read)."""
+        idle_ms = self._settings.consumer_idle_cleanup_ms
+        return await forget_consumers(self._redis, self._shard, self._group, idle_ms)
+
+    async def _forget_self(self) -> None:
+        """On a clean stop, delete this consumer if it holds nothing (best effort)."""
+        try:
+            idle_ms = self._settings.consumer_idle_cleanup_ms
+            await forget_consumers(self._redis, self._shard, self._group, idle_ms, self._consumer)
+        except Exception as exc:
+            log.debug("consumer_not_removed", error=str(exc))
+
     async def _trim(self) -> int:
         """Drop entries every group is done with (never a pending or undelivered one)."""
-        return await trim_stream(self._redis, self._settings.keys, self._settings.stream_keep)
+        return await trim_stream(self._redis, self._shard, self._settings.stream_keep)
 
     async def _read_new(self) -> list[Entry]:
         block_ms = self._settings.block_ms

@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from ingest_shared import keys as k
 from ingest_shared.functions import WORKER_LIBRARY, fcall
-from ingest_shared.redis_client import call
+from ingest_shared.redis_client import call_at
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
+    from ingest_shared.redis_client import RedisClient
     from ingest_shared.settings import Settings
     from ingest_shared.streams import Entry
 
@@ -42,13 +41,18 @@ class Claim(NamedTuple):
 class StreamReader:
     """Reads for one consumer of the group; see the module docstring for the bound."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings, stream: str | None = None) -> None:
         self._redis = redis
-        self._stream = settings.keys.stream
+        self._stream = stream or settings.keys.stream
         self._group = settings.consumer_group
         self._consumer = settings.consumer_name
         self._count = settings.batch_size
         self._max_bytes = settings.max_entry_bytes
+
+    @property
+    def stream(self) -> str:
+        """The stream this reader reads."""
+        return self._stream
 
     async def new(self, block_ms: int) -> list[Entry]:
         """Up to a batch of never-delivered entries, waiting up to ``block_ms`` for one."""
@@ -97,8 +101,9 @@ class StreamReader:
 
     async def _native(self, after: bytes, count: int, block_ms: int | None) -> list[Entry]:
         block = () if block_ms is None else ("BLOCK", block_ms)
-        reply: ReadReply = await call(
+        reply: ReadReply = await call_at(
             self._redis,
+            self._stream,
             "XREADGROUP",
             "GROUP",
             self._group,

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from redis.asyncio import Redis
-
+    from ingest_shared.redis_client import RedisClient
     from ingest_shared.settings import Settings
     from ingest_shared.streams import Entry
     from ingest_worker.reader import StreamReader
@@ -38,7 +37,7 @@ class Claimed(NamedTuple):
 class Reclaimer:
     """XAUTOCLAIMs idle entries to this consumer, keeping the scan cursor between runs."""
 
-    def __init__(self, redis: Redis, settings: Settings, reader: StreamReader) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings, reader: StreamReader) -> None:
         self._redis = redis
         self._settings = settings
         self._reader = reader
@@ -52,7 +51,7 @@ class Reclaimer:
         """Claim up to one batch of entries idle longer than ``claim_idle_ms``."""
         cursor, live, deleted = await self._reader.claim(self._settings.claim_idle_ms, self._cursor)
         self._cursor = cursor
-        forced = await over_delivered(self._redis, self._settings, live)
+        forced = await over_delivered(self._redis, self._settings, live, self._reader.stream)
         # Deleted entries were already dropped from the pending list; acking them is harmless
         # and makes the processor's one XACK cover everything this claim reported.
         gone: list[Entry] = [(entry_id, None) for entry_id in deleted]
@@ -60,7 +59,7 @@ class Reclaimer:
 
 
 async def over_delivered(
-    redis: Redis, settings: Settings, entries: Sequence[Entry]
+    redis: RedisClient, settings: Settings, entries: Sequence[Entry], stream: str | None = None
 ) -> dict[bytes, str]:
     """Ids among ``entries`` (just delivered to this consumer, in id order) that were delivered
     more than ``settings.max_deliveries`` times, mapped to the dead-letter reason.
@@ -72,7 +71,7 @@ async def over_delivered(
     if not entries:
         return {}
     rows: PendingRows = await redis.xpending_range(
-        settings.keys.stream,
+        stream or settings.keys.stream,
         settings.consumer_group,
         min=entries[0][0],
         max=entries[-1][0],

@@ -10,9 +10,8 @@ from ingest_shared.schema import TimeWindow
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from redis.asyncio import Redis
-
     from ingest_shared.keys import Keys
+    from ingest_shared.redis_client import RedisClient
     from ingest_shared.settings import Settings
 
 
@@ -20,8 +19,8 @@ if TYPE_CHECKING:
 class ReadContext:
     """``redis`` takes keyed commands; FILTER queries go to every client in ``nodes``."""
 
-    redis: Redis
-    nodes: tuple[Redis, ...]
+    redis: RedisClient
+    nodes: tuple[RedisClient, ...]
     keys: Keys
     group: str
     max_points: int
@@ -30,7 +29,7 @@ class ReadContext:
 
 
 def create_read_context(
-    settings: Settings, redis: Redis, nodes: Sequence[Redis] | None = None
+    settings: Settings, redis: RedisClient, nodes: Sequence[RedisClient] | None = None
 ) -> ReadContext:
     """The read context of ``settings``; ``nodes`` defaults to ``[redis]`` (one server)."""
     return ReadContext(

@@ -4,6 +4,11 @@ Replay re-validates each payload with the worker's own rules (the event schema a
 window), then moves the valid ones back to the stream through the ``ingest_replay`` function:
 per entry, the append and the delete happen together or not at all, so a dropped connection
 or two concurrent replays of the same ids neither lose nor duplicate an entry.
+
+With stream shards each shard has its own dead-letter stream, and two of them can hold the same
+id: ids are then qualified by their shard, ``<ms>-<seq>@<shard>``, lists merge every shard
+(newest first: by id, then shard), and each action goes to the shard its id names. With one
+shard ids stay plain stream ids.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ if TYPE_CHECKING:
     from ingest_producer.reading.context import ReadContext
     from ingest_shared.schema import TimeWindow
 
-# Entries as XRANGE returns them.
+# Entries as XRANGE returns them; with the index of the shard they were read from.
 Letter = tuple[bytes, dict[bytes, bytes]]
+ShardLetter = tuple[int, Letter]
 # Dead letters moved per function call: bounds how long one call holds Redis.
 REPLAY_CHUNK = 500
 _PAYLOAD_FIELDS = (k.FIELD_SOURCE, k.FIELD_METRIC, k.FIELD_VALUE, k.FIELD_OCCURRED_AT)
@@ -56,9 +62,9 @@ def _payload(raw: str | None) -> dict[str, Any] | str | None:
     return decoded if isinstance(decoded, dict) else raw
 
 
-def _letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+def _letter(letter_id: str, fields: dict[bytes, bytes]) -> DeadLetter:
     return DeadLetter(
-        id=entry_id.decode(),
+        id=letter_id,
         messageId=_text(fields, k.DL_MESSAGE_ID),
         reason=_text(fields, k.DL_REASON),
         payload=_payload(_text(fields, k.DL_PAYLOAD)),
@@ -67,17 +73,53 @@ def _letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
     )
 
 
+def _public_id(ctx: ReadContext, entry_id: bytes | str, index: int) -> str:
+    """The id the API shows: the stream id, qualified by its shard when there are several."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return text if len(ctx.keys.shards) == 1 else f"{text}@{index}"
+
+
+def _order(entry_id: bytes, index: int) -> tuple[int, int, int]:
+    """Where a dead letter sorts among every shard's: by id, then by shard."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq), index
+
+
+def _is_zero(letter_id: str) -> bool:
+    return not any(int(part) for part in letter_id.split("-"))
+
+
 async def list_dead_letters(ctx: ReadContext, count: int, before: str | None) -> DeadLetterPage:
     """Up to ``count`` dead letters older than ``before`` (exclusive), newest first."""
-    end = "+" if before is None else "(" + params.stream_id(before, "before")
-    if end != "+" and not any(int(part) for part in end[1:].split("-")):
-        # Nothing is older than 0-0, and Redis refuses a range that ends before it.
+    shards = ctx.keys.shards
+    cursor = None if before is None else params.dead_letter_cursor(before, len(shards))
+    pipe = ctx.redis.pipeline(transaction=False)
+    asked: list[int] = []
+    for shard in shards:
+        if cursor is None:
+            end = "+"
+        elif shard.index < cursor[1]:
+            end = cursor[0]  # the same id in a lower shard sorts older: inclusive
+        elif _is_zero(cursor[0]):
+            # Nothing is older than 0-0, and Redis refuses a range that ends before it.
+            continue
+        else:
+            end = "(" + cursor[0]
+        pipe.execute_command("XREVRANGE", shard.dead_letter, end, "-", "COUNT", count + 1)
+        asked.append(shard.index)
+    if not asked:
         return DeadLetterPage([], None)
-    entries: list[Letter] = await call(
-        ctx.redis, "XREVRANGE", ctx.keys.dead_letter, end, "-", "COUNT", count + 1
-    )
-    page = [_letter(entry_id, fields) for entry_id, fields in entries[:count]]
-    return DeadLetterPage(page, page[-1].id if len(entries) > count else None)
+    replies: list[list[Letter]] = await pipe.execute()
+    found = [
+        (index, entry_id, fields)
+        for index, reply in zip(asked, replies, strict=True)
+        for entry_id, fields in reply
+    ]
+    if len(asked) > 1:
+        found.sort(key=lambda letter: _order(letter[1], letter[0]), reverse=True)
+    page = [_letter(_public_id(ctx, entry_id, index), fields) for index, entry_id, fields in found]
+    page = page[:count]
+    return DeadLetterPage(page, page[-1].id if len(found) > count else None)
 
 
 def replayable(
@@ -106,62 +148,87 @@ def replayable(
     return stream_fields
 
 
-async def _letters_by_id(ctx: ReadContext, ids: list[str]) -> tuple[list[Letter], list[str]]:
+async def _letters_by_id(
+    ctx: ReadContext, ids: list[tuple[str, int]]
+) -> tuple[list[ShardLetter], list[str]]:
+    """The dead letters named by (id, shard index), and the public ids of those not there."""
+    shards = ctx.keys.shards
     pipe = ctx.redis.pipeline(transaction=False)
-    for letter_id in ids:
-        pipe.xrange(ctx.keys.dead_letter, letter_id, letter_id)
-    found: list[Letter] = []
+    for letter_id, index in ids:
+        pipe.xrange(shards[index].dead_letter, letter_id, letter_id)
+    found: list[ShardLetter] = []
     missing: list[str] = []
-    for letter_id, reply in zip(ids, await pipe.execute(), strict=True):
+    for (letter_id, index), reply in zip(ids, await pipe.execute(), strict=True):
         if reply:
-            found.append(reply[0])
+            found.append((index, reply[0]))
         else:
-            missing.append(letter_id)
+            missing.append(_public_id(ctx, letter_id, index))
     return found, missing
+
+
+async def _oldest(ctx: ReadContext, count: int) -> list[ShardLetter]:
+    """The oldest ``count`` dead letters of every shard (by id, then shard)."""
+    shards = ctx.keys.shards
+    pipe = ctx.redis.pipeline(transaction=False)
+    for shard in shards:
+        pipe.xrange(shard.dead_letter, "-", "+", count)
+    replies: list[list[Letter]] = await pipe.execute()
+    found = [
+        (shard.index, letter)
+        for shard, reply in zip(shards, replies, strict=True)
+        for letter in reply
+    ]
+    if len(shards) > 1:
+        found.sort(key=lambda item: _order(item[1][0], item[0]))
+    return found[:count]
 
 
 async def replay(ctx: ReadContext, request: ReplayRequest) -> ReplayResult:
     """Replay the dead letters ``request`` names (or the oldest ``max``)."""
     if request.ids is not None and request.all:
         raise params.invalid("all", "give either `ids` or `all`, not both")
+    shards = ctx.keys.shards
     if request.ids is not None:
-        ids = list(dict.fromkeys(params.stream_id(i, "ids") for i in request.ids))
-        letters, missing = await _letters_by_id(ctx, ids)
+        named = (params.dead_letter_id(i, len(shards), "ids") for i in request.ids)
+        letters, missing = await _letters_by_id(ctx, list(dict.fromkeys(named)))
     elif request.all:
-        letters = await call(
-            ctx.redis, "XRANGE", ctx.keys.dead_letter, "-", "+", "COUNT", request.max
-        )
-        missing = []
+        letters, missing = await _oldest(ctx, int(request.max)), []
     else:
         raise params.invalid("ids", "give `ids` (dead-letter ids) or `all: true`")
     now = now_ms()
-    valid: list[tuple[str, dict[str, str]]] = []
+    valid: dict[int, list[tuple[str, dict[str, str]]]] = {}
     still_invalid: list[StillInvalid] = []
-    for entry_id, fields in letters:
+    for index, (entry_id, fields) in letters:
         try:
-            valid.append((entry_id.decode(), replayable(entry_id, fields, ctx.window, now)))
+            fields_now = replayable(entry_id, fields, ctx.window, now)
         except InvalidEventError as exc:
-            still_invalid.append(StillInvalid(entry_id.decode(), exc.reason))
+            still_invalid.append(StillInvalid(_public_id(ctx, entry_id, index), exc.reason))
+        else:
+            valid.setdefault(index, []).append((entry_id.decode(), fields_now))
     replayed = 0
-    for first in range(0, len(valid), REPLAY_CHUNK):
-        chunk = valid[first : first + REPLAY_CHUNK]
-        outcome = await replay_dead_letters(ctx.redis, ctx.keys, chunk)
-        replayed += len(outcome.moved)
-        missing += outcome.missing
+    for index, shard_letters in valid.items():
+        for first in range(0, len(shard_letters), REPLAY_CHUNK):
+            chunk = shard_letters[first : first + REPLAY_CHUNK]
+            outcome = await replay_dead_letters(ctx.redis, shards[index], chunk)
+            replayed += len(outcome.moved)
+            missing += [_public_id(ctx, gone, index) for gone in outcome.missing]
     return ReplayResult(replayed, still_invalid, missing)
 
 
 async def delete(ctx: ReadContext, letter_id: str) -> Deleted:
     """Delete one dead letter; 404 when it is not there."""
-    letter_id = params.stream_id(letter_id)
-    deleted = int(await call(ctx.redis, "XDEL", ctx.keys.dead_letter, letter_id))
+    plain, index = params.dead_letter_id(letter_id, len(ctx.keys.shards))
+    deleted = int(await call(ctx.redis, "XDEL", ctx.keys.shards[index].dead_letter, plain))
     if not deleted:
         raise NotFoundException(f"no dead letter {letter_id}")
     return Deleted(deleted)
 
 
 async def purge(ctx: ReadContext, older_than_ms: int) -> Deleted:
-    """Delete every dead letter whose id time is more than ``older_than_ms`` ago."""
+    """Delete every dead letter (of every shard) whose id time is more than ``older_than_ms``
+    ago."""
     cutoff = max(0, now_ms() - older_than_ms)
-    deleted = await call(ctx.redis, "XTRIM", ctx.keys.dead_letter, "MINID", cutoff)
-    return Deleted(int(deleted))
+    pipe = ctx.redis.pipeline(transaction=False)
+    for shard in ctx.keys.shards:
+        pipe.execute_command("XTRIM", shard.dead_letter, "MINID", cutoff)
+    return Deleted(sum(int(deleted) for deleted in await pipe.execute()))

@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from ingest_producer.reading import replies
 from ingest_producer.reading.replies import Series
+from ingest_shared.redis_client import each_primary
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from redis.asyncio import Redis
     from redis.typing import EncodableT
 
     from ingest_producer.reading.replies import Sample
+    from ingest_shared.redis_client import RedisClient
 
 
 class Reducer(Enum):
@@ -105,23 +106,20 @@ def mrange(start: int, end: int, filters: Sequence[str], options: Options) -> Fi
     return FilterQuery(tuple(args), reducer=reducer)
 
 
-async def fan_out(nodes: Sequence[Redis], queries: Sequence[FilterQuery]) -> list[list[Series]]:
-    """Run every query on every node (one pipeline per node, concurrently); merged answers,
-    one list of series per query, in order."""
+async def fan_out(
+    nodes: Sequence[RedisClient], queries: Sequence[FilterQuery]
+) -> list[list[Series]]:
+    """Run every query on every node (one pipeline per node, concurrently; a cluster client is
+    every primary of its cluster); merged answers, one list of series per query, in order."""
     if not queries:
         return []
-    per_node = await asyncio.gather(*(_run(node, queries) for node in nodes))
+    commands = [query.args for query in queries]
+    answered = await asyncio.gather(*(each_primary(node, commands) for node in nodes))
+    per_node = [answers for node_answers in answered for answers in node_answers]
     return [
         merge(query, [answers[index] for answers in per_node])
         for index, query in enumerate(queries)
     ]
-
-
-async def _run(node: Redis, queries: Sequence[FilterQuery]) -> list[Any]:
-    pipe = node.pipeline(transaction=False)
-    for query in queries:
-        pipe.execute_command(*query.args)
-    return await pipe.execute(raise_on_error=True)
 
 
 def merge(query: FilterQuery, node_replies: Sequence[Any]) -> list[Series]:

@@ -14,12 +14,19 @@ import msgspec
 from litestar.exceptions import HTTPException
 
 from ingest_producer.errors import validation_detail
-from ingest_producer.models import STREAM_ID_PATTERN, FieldError
+from ingest_producer.models import (
+    CURSOR_ID_PATTERN,
+    QUALIFIED_ID_PATTERN,
+    STREAM_ID_PATTERN,
+    FieldError,
+)
 from ingest_shared.keys import AGGREGATIONS
 from ingest_shared.messages import describe
 from ingest_shared.schema import Metric, Source, to_epoch_ms
 
 STREAM_ID = re.compile(STREAM_ID_PATTERN)
+# CURSOR_ID_PATTERN with the id and the shard index captured.
+_QUALIFIED = re.compile(r"\A([0-9]{1,19}-[0-9]{1,19})(?:@(0|[1-9][0-9]{0,3}))?\Z")
 # Up to 13 digits (year 2286), so the pattern the OpenAPI document publishes says it all.
 EPOCH_MS_PATTERN = r"\A[0-9]{1,13}\Z"
 _EPOCH_MS = re.compile(EPOCH_MS_PATTERN)
@@ -66,6 +73,50 @@ def stream_id(value: str, field: str = "id") -> str:
     if STREAM_ID.match(value) is None:
         raise invalid(field, "must be a stream entry id like 1700000000000-0")
     return value
+
+
+def dead_letter_pattern(shards: int, *, cursor: bool = False) -> str:
+    """The dead-letter ids of a layout with ``shards`` shards: plain stream ids with one, ids
+    qualified by their shard (``<ms>-<seq>@<shard>``) with more, since two shards' dead
+    letters can have the same id. A ``cursor`` (``before``) may also be plain: older than that
+    id in every shard."""
+    if shards == 1:
+        return STREAM_ID_PATTERN
+    return CURSOR_ID_PATTERN if cursor else QUALIFIED_ID_PATTERN
+
+
+def dead_letter_id(value: str, shards: int, field: str = "id") -> tuple[str, int]:
+    """(stream id, shard index) of a dead-letter id (see :func:`dead_letter_pattern`), or a
+    422."""
+    if shards == 1:
+        return stream_id(value, field), 0
+    letter_id, index = _qualified(value, shards, field)
+    if index is None:
+        example = f"1700000000000-0@{shards - 1}"
+        raise invalid(field, f"must be a dead-letter id like {example} (id@shard)")
+    return letter_id, index
+
+
+def dead_letter_cursor(value: str, shards: int, field: str = "before") -> tuple[str, int]:
+    """A ``before`` cursor: (stream id, shard index); a plain id with several shards means
+    older than it in every shard (index 0: dead letters sort by id, then shard)."""
+    if shards == 1:
+        return stream_id(value, field), 0
+    letter_id, index = _qualified(value, shards, field, " or a stream id")
+    return letter_id, 0 if index is None else index
+
+
+def _qualified(value: str, shards: int, field: str, or_else: str = "") -> tuple[str, int | None]:
+    match = _QUALIFIED.match(value)
+    if match is None:
+        example = f"1700000000000-0@{shards - 1}"
+        raise invalid(field, f"must be a dead-letter id like {example} (id@shard){or_else}")
+    letter_id, index = match.group(1), match.group(2)
+    if index is None:
+        return letter_id, None
+    if int(index) >= shards:
+        raise invalid(field, f"names shard {index}, but there are {shards} (0 to {shards - 1})")
+    return letter_id, int(index)
 
 
 def epoch_ms(value: str, field: str) -> int:

@@ -88,3 +88,46 @@ end
 
 redis.register_function('ingest_read', ingest_read)
 redis.register_function('ingest_claim', ingest_claim)
+
+-- ingest_lease: hold the lease of a shard. KEYS: lease key   ARGV: op, worker id, ttl ms
+-- op "hold": take it if free, or extend it if ours; "release": delete it if ours.
+-- Returns 1 if we hold it (hold) / released it (release), else 0.
+local function ingest_lease(keys, args)
+  local lease, op, me = keys[1], args[1], args[2]
+  if op == 'hold' then
+    if redis.call('SET', lease, me, 'NX', 'PX', args[3]) then return 1 end
+    if redis.call('GET', lease) == me then
+      redis.call('PEXPIRE', lease, args[3])
+      return 1
+    end
+    return 0
+  end
+  if redis.call('GET', lease) == me then
+    redis.call('DEL', lease)
+    return 1
+  end
+  return 0
+end
+
+-- ingest_forget_consumers: delete consumers of the group that hold nothing pending and were
+-- idle longer than ARGV[2] ms, and ARGV[3] itself if it holds nothing (a worker stopping
+-- cleanly; "" for none). DELCONSUMER drops pending entries with a consumer, so the check and
+-- the delete are one atomic step. KEYS: stream   ARGV: group, idle ms, own name
+-- Returns the names deleted.
+local function ingest_forget_consumers(keys, args)
+  local stream, group, idle_ms, own = keys[1], args[1], tonumber(args[2]), args[3]
+  local deleted = {}
+  for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', stream, group)) do
+    local fields = {}
+    for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+    local name = fields['name']
+    if tonumber(fields['pending']) == 0 and (name == own or tonumber(fields['idle']) > idle_ms) then
+      redis.call('XGROUP', 'DELCONSUMER', stream, group, name)
+      deleted[#deleted + 1] = name
+    end
+  end
+  return deleted
+end
+
+redis.register_function('ingest_lease', ingest_lease)
+redis.register_function('ingest_forget_consumers', ingest_forget_consumers)
