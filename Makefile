@@ -73,8 +73,8 @@ format: install ## apply ruff's fixes and formatting
 bench: install ## the benchmark suite (installs wrk): prints a table, writes bench/results/<date>.{json,md}
 	$(UV) run --frozen --no-sync python -m bench.run
 
-bench-cluster: install ## drain and ingest on a local Redis Cluster by shards and workers (a table)
-	$(UV) run --frozen --no-sync python -m bench.cluster
+bench-cluster: install ## drain and ingest on a local Redis Cluster by shards and workers: bench/results/<date>-cluster.md
+	set -o pipefail; $(UV) run --frozen --no-sync python -m bench.cluster | tee bench/results/$$(date -u +%F)-cluster.md
 
 bench-quick: install ## a ~40 s run of the benchmark suite, one repetition, nothing written
 	$(UV) run --frozen --no-sync python -m bench.run --quick --no-write

@@ -16,8 +16,9 @@ from redis.exceptions import NoPermissionError
 from ingest_producer.asgi import build_app
 from ingest_shared.acl import DEFAULT_USERS, Role, setuser_command
 from ingest_shared.exceptions import ConfigurationError
+from ingest_shared.mode import resolved_sync
 from ingest_shared.processor import create_processor
-from ingest_shared.redis_client import call, create_redis
+from ingest_shared.redis_client import call, create_redis, is_cluster
 from ingest_shared.schema import format_ms, now_ms
 from ingest_shared.settings import Settings
 from ingest_worker.daemon import Worker
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from tests.conftest import AppClient, LocalRedisFactory
+
+    from ingest_devtools.localcluster import LocalCluster
 
 PASSWORD = "a-long-test-password-0123"
 URL = "/api/ingest/events"
@@ -157,3 +160,31 @@ async def test_a_worker_without_timeseries_rights_is_told_so_not_no_timeseries(
     with pytest.raises(ConfigurationError, match=r"refused TS\.INFO"):
         async with running_worker(url_for(server_url, Role.WORKER)):
             await asyncio.sleep(5)
+
+
+async def test_each_role_finds_a_single_node_without_info_rights(server_url: str) -> None:
+    # INFO is outside every role: the mode probe falls back to CLUSTER SLOTS, which a single
+    # node refuses as "cluster support disabled".
+    for role in Role:
+        url = url_for(server_url, role)
+        async with Redis.from_url(url) as user:
+            with pytest.raises(NoPermissionError):
+                await user.info("cluster")
+        assert await is_cluster(url, connect_timeout=5.0) is False
+        assert resolved_sync(Settings(redis_url=url, redis_mode="auto")).redis_mode == "standalone"
+
+
+async def test_a_user_without_info_rights_finds_the_cluster(redis_cluster: LocalCluster) -> None:
+    for node_url in redis_cluster.urls:
+        async with Redis.from_url(node_url) as admin:
+            await call(
+                admin, "ACL", "SETUSER", "probe", "on", f">{PASSWORD}", "-@all", "+cluster|slots"
+            )
+    try:
+        url = redis_cluster.url.replace("redis://", f"redis://probe:{PASSWORD}@")
+        assert await is_cluster(url, connect_timeout=5.0) is True
+        assert resolved_sync(Settings(redis_url=url, redis_mode="auto")).redis_mode == "cluster"
+    finally:
+        for node_url in redis_cluster.urls:
+            async with Redis.from_url(node_url) as admin:
+                await call(admin, "ACL", "DELUSER", "probe")

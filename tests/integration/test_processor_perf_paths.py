@@ -76,15 +76,19 @@ def test_madd_command_is_byte_for_byte_what_redis_py_would_send() -> None:
     known: KnownSeries = {}
     for s in samples:
         known.setdefault(s.metric, {})[s.source] = packed_pair(KEYS, s.metric, s.source)
-    expected = ["TS.MADD"]
-    for metric, source, ts, value in samples:  # the per-device elements first ...
-        expected += [series_pair(KEYS, metric, source)[1], ts, value]  # type: ignore[list-item]
-    for metric, source, ts, value in samples:  # ... then the per-metric ones
-        expected += [series_pair(KEYS, metric, source)[0], ts, value]  # type: ignore[list-item]
-    for collapse in (True, False):  # nothing to collapse here: both the same
+    # Nothing to collapse here; collapsing also puts the per-metric elements in time order.
+    for collapse, per_metric in (
+        (True, sorted(samples, key=lambda s: s.timestamp_ms)),
+        (False, samples),
+    ):
+        expected = ["TS.MADD"]
+        for metric, source, ts, value in samples:  # the per-device elements first ...
+            expected += [series_pair(KEYS, metric, source)[1], ts, value]  # type: ignore[list-item]
+        for metric, source, ts, value in per_metric:  # ... then the per-metric ones
+            expected += [series_pair(KEYS, metric, source)[0], ts, value]  # type: ignore[list-item]
         command, elements = madd_command(samples, known, collapse=collapse)
         assert command == redis_py_packed(*expected)
-        assert elements == [(known[s.metric][s.source][0], s.timestamp_ms) for s in samples]
+        assert elements == [(known[s.metric][s.source][0], s.timestamp_ms) for s in per_metric]
 
 
 def test_madd_command_writes_one_per_metric_sample_per_timestamp_the_last() -> None:

@@ -26,6 +26,7 @@ from ingest_shared.schema import format_ms, now_ms
 from ingest_shared.settings import Settings
 from ingest_worker import daemon, metrics
 from ingest_worker.daemon import Worker
+from ingest_worker.reader import reply_budget
 from ingest_worker.reclaim import MAX_DELIVERIES_REASON
 
 if TYPE_CHECKING:
@@ -98,7 +99,11 @@ async def drained(redis: Redis, count: int, source: str = "sensor-a") -> bool:
 @contextlib.asynccontextmanager
 async def worker_for(settings: Settings) -> AsyncIterator[Worker]:
     """A Worker with its own client, which is closed afterwards."""
-    client = create_redis(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 5)
+    client = create_redis(
+        settings.redis_url,
+        socket_timeout=settings.block_ms / 1000 + 5,
+        max_reply_bytes=reply_budget(settings),
+    )
     try:
         yield Worker(client, create_processor(client, settings), settings)
     finally:

@@ -107,3 +107,31 @@ def test_readme_acl_lines_are_what_the_acl_module_makes() -> None:
     for role in Role:
         line = setuser_command(role, f"{role.value.upper()}_PASSWORD", Settings().key_prefix)
         assert line in readme, role
+
+
+def test_cluster_compose_runs_the_services_in_cluster_mode_under_their_users() -> None:
+    compose = yaml.safe_load((ROOT / "compose.cluster.yaml").read_text())
+    services = compose["services"]
+    nodes = [name for name in services if name.startswith("redis-")]
+    assert len(nodes) == 3
+    for name in nodes:
+        command = services[name]["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert command[command.index("--cluster-announce-hostname") + 1] == name
+        assert "/etc/redis/users.acl" in command
+        assert any("cluster-users.acl" in volume for volume in services[name]["volumes"])
+    init = " ".join(services["cluster-init"]["command"])
+    assert all(f"getent hosts {name}" in init for name in nodes)
+    for name, role in (("producer", Role.PRODUCER), ("worker", Role.WORKER)):
+        env = services[name]["environment"]
+        assert env["INGEST_REDIS_MODE"] == "cluster"
+        assert int(env["INGEST_STREAM_SHARDS"]) % len(nodes) == 0  # spread evenly
+        assert env["REDIS_URL"].startswith(f"redis://{DEFAULT_USERS[role]}:change-me-{role.value}@")
+        assert services[name]["depends_on"]["cluster-init"] == {
+            "condition": "service_completed_successfully"
+        }
+    # The service users are exactly the single-node file's; only cluster-init's admin is added.
+    single = (ROOT / "deploy" / "redis" / "users.acl").read_text().splitlines()
+    cluster = (ROOT / "deploy" / "redis" / "cluster-users.acl").read_text().splitlines()
+    assert cluster[: len(single)] == single
+    assert [line.split()[1] for line in cluster[len(single) :]] == ["ingest-admin"]

@@ -80,6 +80,8 @@ def test_several_processes_use_the_factory_import_string(
     assert options["factory"] is True
     assert options["workers"] == 3
     assert options["access_log"] is False
+    # The processes shared a metrics directory while they ran; it is gone, and so is the variable.
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 
 
 def test_a_graceful_shutdown_after_sigterm_does_not_re_raise_it() -> None:

@@ -54,6 +54,8 @@ def _multiprocess_metrics_dir() -> Iterator[None]:
     try:
         yield
     finally:
+        # Both go: a process started later by this one must not inherit a deleted directory.
+        del os.environ[MULTIPROC_DIR_VARIABLE]
         shutil.rmtree(path, ignore_errors=True)
 
 

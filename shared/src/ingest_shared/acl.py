@@ -13,7 +13,8 @@ import sys
 from enum import Enum
 
 # Every role: connecting (redis-py names itself with CLIENT SETINFO), health probes, and the
-# stream layout check at start (a cluster client also asks for the slot table).
+# stream layout check at start (a cluster client also asks for the slot table, and sends ASKING
+# when a slot is being migrated).
 _CONNECT = (
     "ping",
     "client|setinfo",
@@ -21,6 +22,7 @@ _CONNECT = (
     "hsetnx",
     "hgetall",
     "cluster|slots",
+    "asking",
     "command",
 )
 # Reads the producer's queries, the dashboard and the backlog monitor use.

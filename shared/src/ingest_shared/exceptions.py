@@ -34,3 +34,7 @@ class TransientStoreError(IngestError):
 
 class OutcomeUnknownError(TransientStoreError):
     """The connection failed after the command was sent: it may or may not have run."""
+
+
+class ReplyTooLargeError(IngestError):
+    """A reply passed the client's byte budget; its connection was closed unread."""

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import redis
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
-from ingest_shared.redis_client import is_cluster
+from ingest_shared.redis_client import cluster_disabled, is_cluster
 
 if TYPE_CHECKING:
     from ingest_shared.settings import Settings
@@ -47,11 +47,24 @@ def resolved_sync(settings: Settings) -> Settings:
         with redis.Redis.from_url(
             url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S, **tls
         ) as probe:
-            info = probe.info("cluster")
+            found = _cluster_enabled(probe)
     except (RedisError, OSError) as exc:
         return _unknown(settings, exc)
-    found = bool(info.get("cluster_enabled"))
     return replace(settings, redis_mode="cluster" if found else "standalone")
+
+
+def _cluster_enabled(probe: redis.Redis) -> bool:
+    """:func:`ingest_shared.redis_client.is_cluster`, blocking."""
+    try:
+        return bool(probe.info("cluster").get("cluster_enabled"))
+    except NoPermissionError:
+        try:
+            probe.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        except ResponseError as exc:
+            if cluster_disabled(exc):
+                return False
+            raise
+        return True
 
 
 def _unknown(settings: Settings, error: BaseException) -> Settings:

@@ -9,14 +9,19 @@ import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
+from redis._parsers.hiredis import _AsyncHiredisParser
+from redis._parsers.socket import SERVER_CLOSED_CONNECTION_ERROR
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AskError, MovedError, RedisError
+from redis.exceptions import AskError, MovedError, NoPermissionError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
+
+from ingest_shared.exceptions import ReplyTooLargeError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -80,6 +85,7 @@ def create_redis(
     max_connections: int = ...,
     tls: RedisTls | None = ...,
     cluster: Literal[False] = ...,
+    max_reply_bytes: int | None = ...,
 ) -> Redis: ...
 
 
@@ -92,6 +98,7 @@ def create_redis(
     max_connections: int = ...,
     tls: RedisTls | None = ...,
     cluster: bool,
+    max_reply_bytes: int | None = ...,
 ) -> RedisClient: ...
 
 
@@ -103,6 +110,7 @@ def create_redis(
     max_connections: int = 256,
     tls: RedisTls | None = None,
     cluster: bool = False,
+    max_reply_bytes: int | None = None,
 ) -> RedisClient:
     """A bytes-replying asyncio client; the caller owns it and must ``aclose()`` it.
 
@@ -112,7 +120,11 @@ def create_redis(
     ``rediss://`` URLs only (the settings refuse TLS files with any other scheme). With
     ``cluster``, a RedisCluster from any node's URL: it still follows MOVED/ASK (a routing
     answer), but retries nothing else, and never closes every connection on a MOVED storm.
+    ``max_reply_bytes``: a reply longer than that is not read into memory: its connection is
+    closed and the command raises ReplyTooLargeError (needs hiredis; see
+    :func:`has_reply_bound`).
     """
+    parser = bounded_parser(max_reply_bytes) if max_reply_bytes else None
     tls_kwargs = (tls or RedisTls()).redis_kwargs() if url.startswith("rediss://") else {}
     if cluster:
         cluster_client = RedisCluster.from_url(
@@ -126,9 +138,11 @@ def create_redis(
             reinitialize_steps=0,
             **tls_kwargs,
         )
+        # The nodes' connections are made from these arguments at initialize().
         if tls_kwargs:
-            # The nodes' connections are made from these arguments at initialize().
             cluster_client.connection_kwargs["connection_class"] = _TlsConnection
+        if parser is not None:
+            cluster_client.connection_kwargs["parser_class"] = parser
         return cluster_client
     client = Redis.from_url(
         url,
@@ -141,10 +155,61 @@ def create_redis(
         health_check_interval=0,
         **tls_kwargs,
     )
+    # Set before the pool made any connection (from_url would override the arguments).
     if tls_kwargs:
-        # Set before the pool made any connection (from_url would override the argument).
         client.connection_pool.connection_class = _TlsConnection
+    if parser is not None:
+        client.connection_pool.connection_kwargs["parser_class"] = parser
     return client
+
+
+class _BoundedReplyParser(_AsyncHiredisParser):
+    """hiredis, refusing a reply once more than ``max_reply_bytes`` of it arrived.
+
+    Counted as the bytes come off the socket, before hiredis builds any object, so a reply
+    never costs more than the budget (plus one socket read). Raising closes the connection
+    (redis-py disconnects on any error while reading), which discards the rest unread.
+    """
+
+    max_reply_bytes = 0
+    __slots__ = ("_received",)
+
+    async def read_response(
+        self, disable_decoding: bool = False, push_request: bool = False
+    ) -> Any:
+        self._received = 0
+        return await super().read_response(disable_decoding, push_request)
+
+    async def read_from_socket(self) -> bool:
+        assert self._stream is not None
+        assert self._reader is not None
+        buffer = await self._stream.read(self._read_size)
+        if not buffer or not isinstance(buffer, bytes):
+            raise RedisConnectionError(SERVER_CLOSED_CONNECTION_ERROR) from None
+        self._received += len(buffer)
+        if self._received > self.max_reply_bytes:
+            msg = f"a reply passed {self.max_reply_bytes} bytes: connection closed unread"
+            raise ReplyTooLargeError(msg)
+        self._reader.feed(buffer)
+        return True
+
+
+def bounded_parser(max_reply_bytes: int) -> type[_AsyncHiredisParser] | None:
+    """The parser class for a client with this reply budget; None without hiredis."""
+    if not HIREDIS_AVAILABLE:
+        return None
+    return type("BoundedReplyParser", (_BoundedReplyParser,), {"max_reply_bytes": max_reply_bytes})
+
+
+def has_reply_bound(redis: RedisClient) -> bool:
+    """``redis`` was created with a ``max_reply_bytes`` it can enforce."""
+    kwargs = (
+        redis.connection_kwargs
+        if isinstance(redis, RedisCluster)
+        else redis.connection_pool.connection_kwargs
+    )
+    parser = kwargs.get("parser_class")
+    return isinstance(parser, type) and issubclass(parser, _BoundedReplyParser)
 
 
 class _TlsConnection(SSLConnection):
@@ -386,7 +451,8 @@ async def each_primary(redis: RedisClient, commands: Sequence[Sequence[Encodable
 
 
 async def is_cluster(url: str, *, connect_timeout: float, tls: RedisTls | None = None) -> bool:
-    """``INFO cluster`` says ``cluster_enabled:1`` at ``url``; raises if it cannot be asked."""
+    """``INFO cluster`` (or, if the user may not run INFO, ``CLUSTER SLOTS``) says ``url`` is
+    a cluster node; raises if it cannot be asked."""
     tls_kwargs = (tls or RedisTls()).redis_kwargs() if url.startswith("rediss://") else {}
     async with Redis.from_url(
         url,
@@ -395,5 +461,21 @@ async def is_cluster(url: str, *, connect_timeout: float, tls: RedisTls | None =
         retry=Retry(NoBackoff(), 0),
         **tls_kwargs,
     ) as probe:
-        info = await probe.info("cluster")
+        try:
+            info = await probe.info("cluster")
+        except NoPermissionError:
+            # A least-privilege user may not run INFO; it may run CLUSTER SLOTS (the cluster
+            # client needs it), which a single node refuses as disabled.
+            try:
+                await call(probe, "CLUSTER", "SLOTS")
+            except ResponseError as exc:
+                if cluster_disabled(exc):
+                    return False
+                raise
+            return True
     return bool(info.get("cluster_enabled"))
+
+
+def cluster_disabled(error: ResponseError) -> bool:
+    """``error`` is a single node's answer to a CLUSTER command."""
+    return "cluster support disabled" in str(error)

@@ -136,11 +136,12 @@ def madd_command(
 ) -> tuple[bytes, MetricElements]:
     """One TS.MADD writing each (metric, source, ts, value) to its two series, as RESP bytes.
 
-    The per-device elements come first, one per sample, in order. Then the per-metric ones:
-    with ``collapse``, one per (metric, timestamp), holding the batch's last value for it: what
-    ``DUPLICATE_POLICY LAST`` would keep anyway, without making Redis upsert a timestamp it just
-    wrote (its slow path on a series with rules: gateways send many events of one metric in the
-    same millisecond). Without it, one per sample (for comparisons).
+    The per-device elements come first, one per sample, in order. Then the per-metric ones, in
+    time order (:func:`in_time_order`): with ``collapse``, one per (metric, timestamp), holding
+    the batch's last value for it: what ``DUPLICATE_POLICY LAST`` would keep anyway, without
+    making Redis upsert a timestamp it just wrote (its slow path on a series with rules:
+    gateways send many events of one metric in the same millisecond). Without it, one per
+    sample (for comparisons).
 
     Built here rather than by redis-py: its ``pack_command`` re-joins a growing buffer per
     argument and was the worker's largest cost for a 3,000-argument TS.MADD (py-spy). Every
@@ -162,9 +163,10 @@ def madd_command(
             elements.append((raw, ts))
             uncollapsed += (raw, point)
     if collapse:
-        for (raw, _), point in per_metric.items():
+        ordered = in_time_order(per_metric)
+        for (raw, _), point in ordered:
             parts += (raw, point)
-        elements = list(per_metric)
+        elements = [element for element, _ in ordered]
     else:
         parts += uncollapsed
     parts[0] = b"*%d\r\n$7\r\nTS.MADD\r\n" % (3 * (len(samples) + len(elements)) + 1)
@@ -213,7 +215,7 @@ def madd_commands_by_slot(
             per_metric[raw, ts] = point  # a repeat keeps its first place, takes the last value
         else:
             uncollapsed.append(((raw, ts), point))
-    metric_elements = list(per_metric.items()) if collapse else uncollapsed
+    metric_elements = in_time_order(per_metric) if collapse else uncollapsed
     offset = len(samples)
     for index, ((raw, _), point) in enumerate(metric_elements):
         add(raw, point, offset + index)
@@ -223,6 +225,24 @@ def madd_commands_by_slot(
         for parts, positions, key in groups.values()
     ]
     return commands, elements
+
+
+def in_time_order(
+    per_metric: dict[tuple[bytes, int], bytes],
+) -> list[tuple[tuple[bytes, int], bytes]]:
+    """The per-metric elements sorted by timestamp (stable: equal keys cannot occur here).
+
+    A sample older than the newest one of its series is an upsert, and on a series with a
+    compaction rule Redis then recomputes the rollup bucket it falls in from the raw samples:
+    measured ~28 us of Redis CPU per late sample on a busy per-metric series vs ~0.5 us in
+    order. Concurrent requests reach the stream a few milliseconds out of order, so a batch
+    holds many such samples unless they are sorted; sorting leaves the series the same.
+    """
+    return sorted(per_metric.items(), key=_timestamp)
+
+
+def _timestamp(element: tuple[tuple[bytes, int], bytes]) -> int:
+    return element[0][1]
 
 
 def _unpacked(packed: bytes) -> bytes:

@@ -23,6 +23,7 @@ from ingest_shared.settings import load_settings
 from ingest_worker.daemon import Worker
 from ingest_worker.monitor import DEFAULT_MAX_SILENCE_S, Heartbeat, start_monitor
 from ingest_worker.ownership import ShardOwnership
+from ingest_worker.reader import reply_budget
 
 if TYPE_CHECKING:
     from ingest_shared.keys import Shard
@@ -80,6 +81,7 @@ async def serve(settings: Settings) -> int:
         socket_timeout=socket_timeout,
         tls=settings.redis_tls,
         cluster=settings.redis_mode == "cluster",
+        max_reply_bytes=reply_budget(settings),
     )
     try:
         return await run_until_stopped(

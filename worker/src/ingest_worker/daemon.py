@@ -123,6 +123,7 @@ class Worker:
         self._pending_checks: list[float] = []  # monotonic times to re-read own pending
         self._batch_seq = 0
         self._prefetched: list[Entry] = []  # the next batch, read while the last was stored
+        self._in_flight: asyncio.Task[None] | None = None  # the last batch, still being stored
         self.stop_requested = asyncio.Event()
 
     def stop(self) -> None:
@@ -141,11 +142,16 @@ class Worker:
             while not self.stop_requested.is_set():
                 await self._step()
                 self._summarize_if_due()
+            await self._settle_in_flight()
             if self._prefetched:  # delivered to us already: part of the work in hand
                 await self._handle("new", self._prefetched)
                 self._prefetched = []
             await self._forget_self()
         finally:
+            if self._in_flight is not None:  # cancelled: what it held stays pending
+                self._in_flight.cancel()
+                await asyncio.gather(self._in_flight, return_exceptions=True)
+                self._in_flight = None
             log.info("worker_stopped", **self._stats.totals())
 
     async def _set_up(self) -> bool:
@@ -194,6 +200,7 @@ class Worker:
         """Own pending if a reconnect left some, one reclaim if due, one bounded read."""
         if self._pending_checks and time.monotonic() >= self._pending_checks[0]:
             self._pending_checks.pop(0)
+            await self._settle_in_flight()  # its entries are pending too: not twice at once
             await self._drain_own_pending()
         if time.monotonic() >= self._next_claim_at:
             claimed = await self._attempt("reclaim", self._reclaimer.claim)
@@ -209,20 +216,35 @@ class Worker:
         entries = self._prefetched or await self._attempt("read", self._read_new)
         self._prefetched = []
         if not entries:
+            await self._settle_in_flight()
             return
-        # Read the next batch while this one is stored: the worker and Redis work at the same
-        # time instead of taking turns. Each batch is still acked only after its own writes.
+        # Two batches in flight: this one is decoded and its TS.MADD sent while Redis stores
+        # the previous one, and the next is read meanwhile, so the worker and Redis work at the
+        # same time instead of taking turns. Each batch is still acked only after its own
+        # writes were checked; the previous one's TS.MADD left first, so samples keep their
+        # order.
+        previous = self._in_flight
+        self._in_flight = asyncio.create_task(
+            self._handle("new", entries), name="ingest-worker-batch"
+        )
         prefetch = None
         if not self.stop_requested.is_set():
             prefetch = asyncio.create_task(self._prefetch(), name="ingest-worker-prefetch")
         try:
-            await self._handle("new", entries)
+            if previous is not None:
+                await previous
         except BaseException:
             if prefetch is not None:
                 prefetch.cancel()  # what it read stays pending: re-read or reclaimed later
             raise
         if prefetch is not None:
             self._prefetched = await prefetch
+
+    async def _settle_in_flight(self) -> None:
+        """Wait for the batch still being stored (its errors are raised here)."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            await in_flight
 
     async def _prefetch(self) -> list[Entry]:
         """The next batch of new entries; on an error, none (the next step reads again)."""
