@@ -63,10 +63,14 @@ def _oversized_reason(fields: Mapping[bytes, bytes]) -> str:
 
 
 def create_processor(
-    redis: RedisClient, settings: Settings, shard: Shard | None = None
+    redis: RedisClient,
+    settings: Settings,
+    shard: Shard | None = None,
+    *,
+    collapse_duplicates: bool = True,
 ) -> BatchProcessor:
     """The batch processor ``settings`` describe for ``shard`` (default: the first), writing
-    through ``redis``."""
+    through ``redis`` (``collapse_duplicates``: see :class:`BatchProcessor`)."""
     layout = SeriesLayout(
         retention_ms=settings.retention_ms, rollup_retention_ms=settings.rollup_retention_ms
     )
@@ -81,6 +85,7 @@ def create_processor(
         window,
         dead_letter_maxlen=settings.dead_letter_maxlen,
         shard=shard,
+        collapse_duplicates=collapse_duplicates,
     )
 
 
