@@ -438,3 +438,47 @@ async def test_worker_never_trims_what_another_group_has_not_read(
 
 async def _length_is(redis: Redis, length: int) -> bool:
     return int(await redis.xlen(STREAM)) == length
+
+
+async def enqueue_one_millisecond(redis: Redis, sources: int) -> None:
+    """A gateway's request: one event per source, all of one metric and one millisecond."""
+    at = format_ms(BASE_MS + 5_000).encode()
+    for n in range(sources):
+        fields = {
+            k.FIELD_SOURCE: f"gw-{n}".encode(),
+            k.FIELD_METRIC: b"cpu",
+            k.FIELD_VALUE: str(n + 1).encode(),
+            k.FIELD_OCCURRED_AT: at,
+        }
+        await call(redis, "XADD", STREAM, "*", *itertools.chain.from_iterable(fields.items()))
+
+
+async def all_of_one_millisecond_stored(redis: Redis, sources: int) -> bool:
+    counts = [await stored(redis, f"gw-{n}") for n in range(sources)]
+    return counts == [1] * sources and await pending(redis) == 0
+
+
+async def test_a_batch_held_back_whole_is_stored_once_the_stream_is_quiet(
+    redis: Redis, redis_url: str
+) -> None:
+    # Every entry is in its metric's newest millisecond, so the first batch holds all of it
+    # back for the next one; nothing newer comes: the worker must store it anyway, at once.
+    async with running(settings_for(redis_url)):
+        await asyncio.sleep(0.1)
+        await enqueue_one_millisecond(redis, 30)
+        await eventually(lambda: all_of_one_millisecond_stored(redis, 30), within=2.0)
+    per_metric = await call(redis, "TS.RANGE", KEYS.raw("cpu"), "-", "+")
+    assert [[ts, float(v)] for ts, v in per_metric] == [[BASE_MS + 5_000, 30.0]]
+
+
+async def test_a_stop_stores_what_was_held_back(redis: Redis, redis_url: str) -> None:
+    await enqueue_one_millisecond(redis, 20)
+    async with worker_for(settings_for(redis_url)) as worker:
+        assert await worker._set_up()
+        await worker._step()
+        await worker._settle_in_flight()
+        # Read and held back: pending, not stored.
+        assert await pending(redis) == 20
+        assert await stored(redis, "gw-0") == 0
+        await worker._finish()
+    assert await all_of_one_millisecond_stored(redis, 20)

@@ -54,6 +54,21 @@ class BatchResult(Base, omit_defaults=True):
     reasons: dict[str, int] = msgspec.field(default_factory=dict)
 
 
+class PreparedBatch(Base):
+    """A batch decoded and validated, not yet stored: :meth:`BatchProcessor.store` writes
+    ``samples`` (``stored_ids[i]`` is the entry of ``samples[i]``), dead-letters ``failures``,
+    then acks ``ids``. ``entries`` holds every entry a failure may need the fields of."""
+
+    entries: list[Entry]
+    now: int
+    read: int = 0
+    ids: list[bytes] = msgspec.field(default_factory=list)
+    stored_ids: list[bytes] = msgspec.field(default_factory=list)
+    samples: list[Sample] = msgspec.field(default_factory=list)
+    failures: list[Failure] = msgspec.field(default_factory=list)
+    reasons: dict[str, int] = msgspec.field(default_factory=dict)
+
+
 def _oversized_reason(fields: Mapping[bytes, bytes]) -> str:
     size = fields.get(k.FIELD_OVERSIZED, b"?").decode(errors="replace")
     return (
@@ -130,26 +145,22 @@ class BatchProcessor:
         ``max deliveries exceeded``). Raises TransientStoreError, having acked nothing, when
         Redis could not do its part; the entries stay pending and the call can be repeated.
         """
-        try:
-            return await self._process(entries, consumer, forced or {})
-        except (RedisError, OSError) as exc:
-            # RedisError, not only ResponseError: redis-py's ConnectionError/TimeoutError
-            # derive from RedisError alone and are the commonest transient failures.
-            if is_transient(exc):
-                raise TransientStoreError(str(exc)) from exc
-            raise
+        return await self.store(self.prepare(entries, forced), consumer)
 
-    async def _process(
-        self, entries: Sequence[Entry], consumer: str, forced: Mapping[bytes, str]
-    ) -> BatchResult:
+    def prepare(
+        self, entries: Sequence[Entry], forced: Mapping[bytes, str] | None = None
+    ) -> PreparedBatch:
+        """Decode and validate ``entries`` (no Redis call): what :meth:`store` writes and acks."""
+        forced = forced or {}
         now = now_ms()
-        ids: list[bytes] = []
+        batch = PreparedBatch(entries=list(entries), now=now)
+        ids = batch.ids
         # Parallel lists, entry ids and their samples: TS.MADD takes the samples as they are.
-        stored_ids: list[bytes] = []
-        samples: list[Sample] = []
+        stored_ids = batch.stored_ids
+        samples = batch.samples
         window = self._window
-        failures: list[Failure] = []
-        reasons: dict[str, int] = {}
+        failures = batch.failures
+        reasons = batch.reasons
         for entry_id, fields in entries:
             ids.append(entry_id)
             if not fields:
@@ -172,18 +183,40 @@ class BatchProcessor:
                 reasons["invalid"] = reasons.get("invalid", 0) + 1
             else:
                 stored_ids.append(entry_id)
+        batch.read = len(entries)
+        return batch
+
+    async def store(self, batch: PreparedBatch, consumer: str) -> BatchResult:
+        """Write ``batch``'s samples, dead-letter its failures, then ack its ids.
+
+        Raises TransientStoreError, having acked nothing, when Redis could not do its part; the
+        same batch can then be stored again.
+        """
+        try:
+            return await self._store_batch(batch, consumer)
+        except (RedisError, OSError) as exc:
+            # RedisError, not only ResponseError: redis-py's ConnectionError/TimeoutError
+            # derive from RedisError alone and are the commonest transient failures.
+            if is_transient(exc):
+                raise TransientStoreError(str(exc)) from exc
+            raise
+
+    async def _store_batch(self, batch: PreparedBatch, consumer: str) -> BatchResult:
+        samples = batch.samples
+        failures = list(batch.failures)
+        reasons = dict(batch.reasons)
         rejected: dict[bytes, str] = {}
         if samples:
-            rejected = await self._store(stored_ids, samples)
+            rejected = await self._store(batch.stored_ids, samples)
             if rejected:
-                by_id = dict(entries)
+                by_id = dict(batch.entries)
                 failures += [(eid, why, by_id.get(eid)) for eid, why in rejected.items()]
                 reasons["rejected"] = len(rejected)
         if failures:
-            await self._dead_letter(failures, consumer, now)
-        acked = await self._ack(ids) if ids else 0
+            await self._dead_letter(failures, consumer, batch.now)
+        acked = await self._ack(batch.ids) if batch.ids else 0
         return BatchResult(
-            read=len(entries),
+            read=batch.read,
             processed=len(samples) - len(rejected),
             dead_lettered=len(failures),
             acked=acked,

@@ -36,6 +36,7 @@ from redis.exceptions import (
 
 from ingest_shared.exceptions import ConfigurationError, TransientStoreError
 from ingest_shared.functions import WORKER_LIBRARY, forget_consumers, load_library, trim_stream
+from ingest_shared.holdback import Held, hold_back, release
 from ingest_shared.redis_client import tls_failure
 from ingest_shared.schema import now_ms
 from ingest_shared.streams import check_layout, ensure_group, is_transient
@@ -48,10 +49,10 @@ from ingest_worker.reclaim import Reclaimer, over_delivered
 from ingest_worker.stats import Throughput
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable
 
     from ingest_shared.keys import Shard
-    from ingest_shared.processor import BatchProcessor, BatchResult
+    from ingest_shared.processor import BatchProcessor, BatchResult, PreparedBatch
     from ingest_shared.redis_client import RedisClient
     from ingest_shared.settings import Settings
     from ingest_shared.streams import Entry
@@ -123,6 +124,7 @@ class Worker:
         self._pending_checks: list[float] = []  # monotonic times to re-read own pending
         self._batch_seq = 0
         self._prefetched: list[Entry] = []  # the next batch, read while the last was stored
+        self._held = Held()  # the last batch's newest milliseconds, written with the next one
         self._in_flight: asyncio.Task[None] | None = None  # the last batch, still being stored
         self.stop_requested = asyncio.Event()
 
@@ -142,17 +144,25 @@ class Worker:
             while not self.stop_requested.is_set():
                 await self._step()
                 self._summarize_if_due()
-            await self._settle_in_flight()
-            if self._prefetched:  # delivered to us already: part of the work in hand
-                await self._handle("new", self._prefetched)
-                self._prefetched = []
-            await self._forget_self()
+            await self._finish()
         finally:
             if self._in_flight is not None:  # cancelled: what it held stays pending
                 self._in_flight.cancel()
                 await asyncio.gather(self._in_flight, return_exceptions=True)
                 self._in_flight = None
             log.info("worker_stopped", **self._stats.totals())
+
+    async def _finish(self) -> None:
+        """Store the work in hand (the batch in flight, what was held back, what was read
+        ahead), then remove this consumer if it holds nothing."""
+        await self._settle_in_flight()
+        if self._held.ids:
+            held, self._held = self._held, Held()
+            await self._handle("new", release(held, now_ms()))
+        if self._prefetched:
+            await self._handle("new", self._processor.prepare(self._prefetched))
+            self._prefetched = []
+        await self._forget_self()
 
     async def _set_up(self) -> bool:
         """Create the group and check TimeSeries, waiting for Redis; False if stopped first."""
@@ -178,6 +188,7 @@ class Worker:
 
     async def _drain_own_pending(self) -> None:
         """Process what this consumer name read but never acked (a restarted container)."""
+        self._held = Held()  # pending too: read again below
         cursor = b"0"
         while not self.stop_requested.is_set():
             read = await self._attempt("read_own_pending", partial(self._read_own, cursor))
@@ -186,7 +197,7 @@ class Worker:
             entries, forced = read
             if not entries:
                 return
-            await self._handle("own_pending", entries, forced)
+            await self._handle("own_pending", self._processor.prepare(entries, forced))
             self._summarize_if_due()
             cursor = entries[-1][0]
 
@@ -209,13 +220,18 @@ class Worker:
             self._next_claim_at = time.monotonic() + interval_s
             if claimed is not None and claimed.entries:
                 metrics.RECLAIMED.inc(len(claimed.entries))
-                await self._handle("reclaimed", claimed.entries, claimed.forced)
+                batch = self._processor.prepare(claimed.entries, claimed.forced)
+                await self._handle("reclaimed", batch)
             if self.stop_requested.is_set():
                 return
         await self._chores()
         entries = self._prefetched or await self._attempt("read", self._read_new)
         self._prefetched = []
-        if not entries:
+        if entries:
+            batch, self._held = hold_back(self._processor.prepare(entries), self._held)
+        elif self._held.ids:  # nothing newer arrived: write what was held back
+            batch, self._held = release(self._held, now_ms()), Held()
+        else:
             await self._settle_in_flight()
             return
         # Two batches in flight: this one is decoded and its TS.MADD sent while Redis stores
@@ -225,7 +241,7 @@ class Worker:
         # order.
         previous = self._in_flight
         self._in_flight = asyncio.create_task(
-            self._handle("new", entries), name="ingest-worker-batch"
+            self._handle("new", batch), name="ingest-worker-batch"
         )
         prefetch = None
         if not self.stop_requested.is_set():
@@ -289,27 +305,27 @@ class Worker:
         return await trim_stream(self._redis, self._shard, self._settings.stream_keep)
 
     async def _read_new(self) -> list[Entry]:
+        if self._held.ids:  # do not wait for more with entries held back: write them
+            return await self._reader.new(None)
         block_ms = self._settings.block_ms
         if self._pending_checks:  # do not block past the next re-read of own pending
             due_ms = (self._pending_checks[0] - time.monotonic()) * 1000
             block_ms = max(1, min(block_ms, int(due_ms)))
         return await self._reader.new(block_ms)
 
-    async def _handle(
-        self, origin: str, entries: list[Entry], forced: Mapping[bytes, str] | None = None
-    ) -> None:
-        """Process one batch; on giving up, its entries stay pending for a later reclaim."""
+    async def _handle(self, origin: str, batch: PreparedBatch) -> None:
+        """Store one batch; on giving up, its entries stay pending for a later reclaim."""
         self._batch_seq += 1
         structlog.contextvars.bind_contextvars(batch=self._batch_seq)
         started = time.perf_counter()
-        process = partial(self._processor.process, entries, self._consumer, forced)
-        result: BatchResult | None = await self._attempt(origin, process)
+        store = partial(self._processor.store, batch, self._consumer)
+        result: BatchResult | None = await self._attempt(origin, store)
         if result is None:
-            log.warning("batch_left_pending", origin=origin, entries=len(entries))
+            log.warning("batch_left_pending", origin=origin, entries=len(batch.ids))
             return
         duration = time.perf_counter() - started
         self._stats.add(result)
-        _observe(result, entries, duration)
+        _observe(result, batch, duration)
         log.debug(
             "batch_processed",
             origin=origin,
@@ -456,9 +472,10 @@ def _group_gone(exc: Exception) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith(_GROUP_GONE_CODES)
 
 
-def _observe(result: BatchResult, entries: list[Entry], duration_s: float) -> None:
+def _observe(result: BatchResult, batch: PreparedBatch, duration_s: float) -> None:
     """Per-batch metrics (a handful of updates whatever the batch size)."""
-    metrics.BATCH_SIZE.observe(len(entries))
+    if batch.read:  # not for entries held back, counted in the batch that read them
+        metrics.BATCH_SIZE.observe(batch.read)
     metrics.BATCH_DURATION.observe(duration_s)
     if result.processed:
         metrics.EVENTS_PROCESSED.inc(result.processed)
@@ -468,5 +485,5 @@ def _observe(result: BatchResult, entries: list[Entry], duration_s: float) -> No
     for reason, count in result.reasons.items():
         metrics.DEAD_LETTERED.labels(reason).inc(count)
     # Stream ids are <enqueue ms>-<seq>; the first entry of a batch is its oldest.
-    enqueued_ms = int(entries[0][0].split(b"-", 1)[0])
+    enqueued_ms = int(batch.entries[0][0].split(b"-", 1)[0])
     metrics.EVENT_AGE.observe(max(0, now_ms() - enqueued_ms) / 1000)

@@ -79,8 +79,9 @@ class StreamReader:
         """The stream this reader reads."""
         return self._stream
 
-    async def new(self, block_ms: int) -> list[Entry]:
-        """Up to a batch of never-delivered entries, waiting up to ``block_ms`` for one."""
+    async def new(self, block_ms: int | None) -> list[Entry]:
+        """Up to a batch of never-delivered entries, waiting up to ``block_ms`` for one (None:
+        not at all)."""
         if not self._max_bytes:
             return await self._native(b">", self._count, block_ms)
         if self._native_bounded:
@@ -186,7 +187,7 @@ def _bounded(entry: Entry, max_bytes: int) -> Entry:
     entry_id, fields = entry
     if not fields:
         return entry
-    size = sum(len(name) + len(value) for name, value in fields.items())
+    size = sum(map(len, fields)) + sum(map(len, fields.values()))  # C loops: per entry read
     if size <= max_bytes:
         return entry
     flat = b" ".join(part for pair in fields.items() for part in pair)
