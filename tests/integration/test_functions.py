@@ -4,6 +4,8 @@ trimming, the consumer release, and loading the two libraries."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import random
 from typing import TYPE_CHECKING
 
 import pytest
@@ -28,7 +30,7 @@ from ingest_shared.functions import (
     trim_stream,
 )
 from ingest_shared.redis_client import call
-from ingest_shared.schema import EventOut
+from ingest_shared.schema import EventOut, format_ms, to_epoch_ms
 from ingest_shared.settings import load_settings
 
 if TYPE_CHECKING:
@@ -308,3 +310,26 @@ async def test_trim_keeps_the_newest_entries_and_waits_for_a_group(loaded: Redis
     await loaded.xgroup_create(KEYS.stream, "g", id="$")  # everything already consumed
     assert await trim_stream(loaded, KEYS, keep=5) == 45
     assert await loaded.xlen(KEYS.stream) == 5
+
+
+def _lua_function(name: str) -> str:
+    """The source of ``local function <name>`` in the producer library (up to its ``end``)."""
+    code = PRODUCER.code
+    start = code.index(f"local function {name}(")
+    return code[start : code.index("\nend\n", start) + len("\nend\n")]
+
+
+async def test_the_append_functions_stamp_is_formatted_as_the_producers(loaded: Redis) -> None:
+    rng = random.Random(11)
+    edges = [
+        to_epoch_ms(dt.datetime.fromisoformat(text))
+        for text in (
+            "1970-01-01T00:00:00Z", "1999-12-31T23:59:59.999Z", "2000-02-29T12:00:00.001Z",
+            "2000-03-01T00:00:00Z", "2024-02-29T23:59:59.500Z", "2100-02-28T00:00:00Z",
+            "2100-03-01T00:00:00.010Z", "9999-12-31T23:59:59.999Z",
+        )
+    ]  # fmt: skip
+    script = _lua_function("rfc3339") + "return rfc3339(tonumber(ARGV[1]))"
+    for ms in edges + [rng.randrange(0, 253_402_300_800_000) for _ in range(300)]:
+        stamp = await call(loaded, "EVAL", script, 0, ms)
+        assert stamp.decode() == format_ms(ms), ms

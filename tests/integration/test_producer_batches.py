@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import gzip
 import time
 import tracemalloc
@@ -16,7 +17,7 @@ from ingest_producer.jsonbody import MAX_LISTED_ERRORS
 from ingest_producer.models import BatchEnqueued
 from ingest_shared import keys as k
 from ingest_shared.redis_client import call
-from ingest_shared.schema import JSON_ENCODER, format_ms, now_ms
+from ingest_shared.schema import JSON_ENCODER, format_ms, now_ms, to_epoch_ms
 from ingest_shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -79,6 +80,34 @@ async def test_batch_is_enqueued_in_input_order_and_answered_with_its_ids(
         k.FIELD_VALUE: b"0.0",
         k.FIELD_OCCURRED_AT: AT.encode(),
     }
+
+
+async def test_a_batch_without_occurred_at_is_stamped_in_stream_order_at_append(
+    client: Client, redis: Redis
+) -> None:
+    # Mixed: explicit times are kept; the others get the append's time, whichever request
+    # reached Redis first, so stamps never go back in stream order.
+    for round_ in range(5):
+        batch = [
+            {"source": "sensor-a", "metric": "cpu", "value": 1.0},
+            {"source": "sensor-b", "metric": "cpu", "value": 2.0, "occurredAt": AT},
+            {"source": "sensor-c", "metric": "cpu", "value": 3.0 + round_},
+        ]
+        response = await client.post(URL, json=batch)
+        assert response.status_code == 200, response.text
+    stamps = []
+    for entry_id, fields in await stream(redis):
+        occurred = fields[k.FIELD_OCCURRED_AT].decode()
+        if fields[k.FIELD_SOURCE] == b"sensor-b":
+            assert occurred == AT
+            continue
+        ms = to_epoch_ms(dt.datetime.fromisoformat(occurred))
+        assert format_ms(ms) == occurred
+        # The function's clock, read in the same call as the entry's id was made.
+        assert 0 <= ms - int(entry_id.split("-")[0]) <= 2
+        stamps.append(ms)
+    assert len(stamps) == 10
+    assert stamps == sorted(stamps)
 
 
 async def test_batch_is_appended_in_one_round_trip(client: Client, redis: Redis) -> None:

@@ -147,6 +147,13 @@ def test_entry_without_occurred_at_uses_its_stream_id_time() -> None:
     assert sample_from_entry(entry_id, fields, WINDOW, NOW).timestamp_ms == NOW - 5000
 
 
+def test_an_empty_occurred_at_is_the_stream_id_time_too() -> None:
+    # An append function of an older release leaves a batch's defaulted occurredAt empty.
+    entry_id = f"{NOW - 7000}-0".encode()
+    fields = {b"source": b"s", b"metric": b"cpu", b"value": b"2", b"occurredAt": b""}
+    assert sample_from_entry(entry_id, fields, WINDOW, NOW).timestamp_ms == NOW - 7000
+
+
 @given(st.integers(min_value=0, max_value=253_402_300_799_999))
 def test_format_ms_round_trips_through_the_decoder(timestamp_ms: int) -> None:
     text = format_ms(timestamp_ms)

@@ -51,6 +51,7 @@ from ingest_shared.redis_client import RedisClient, call_at
 from ingest_shared.schema import (
     EVENT_DECODER,
     JSON_ENCODER,
+    STAMP_AT_APPEND,
     EventOut,
     TelemetryEvent,
     TimeWindow,
@@ -179,6 +180,10 @@ def accept_batch(window: TimeWindow, events: list[TelemetryEvent]) -> list[Event
     errors: list[FieldError] = []
     invalid = 0
     for index, event in enumerate(events):
+        if event.occurredAt is None:
+            # Stamped by the append function, in stream order (see ingest_append).
+            accepted.append(EventOut(event.source, event.metric, event.value, STAMP_AT_APPEND))
+            continue
         try:
             accepted.append(window.accept(event, now))
         except InvalidEventError as exc:

@@ -7,6 +7,7 @@ stream entry with :func:`sample_from_entry`, because other writers may put anyth
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
 from typing import Annotated, NamedTuple
@@ -49,6 +50,10 @@ class TelemetryEvent(Base):
     metric: Metric
     value: FiniteFloat
     occurredAt: Annotated[dt.datetime, DATE_TIME] | None = None
+
+
+# occurredAt of a batch's event the server stamps: the append function puts its own time there.
+STAMP_AT_APPEND = ""
 
 
 class EventOut(Base):
@@ -94,6 +99,9 @@ def to_epoch_ms(moment: dt.datetime) -> int:
     return (moment - EPOCH) // _ONE_MS
 
 
+# Cached: a batch whose occurredAt the server defaults has one timestamp for all its events,
+# and formatting was the producer's largest own cost per event at ~100k events/s (py-spy).
+@functools.lru_cache(maxsize=4096)
 def format_ms(timestamp_ms: int) -> str:
     """RFC 3339 UTC with a ``Z``; milliseconds only when there are any."""
     wall = (_EPOCH_NAIVE + timestamp_ms * _ONE_MS).isoformat(timespec="seconds")
@@ -147,6 +155,7 @@ _CACHE_LIMIT = 65_536
 _metrics: dict[bytes, str] = {}
 _sources: dict[bytes, str] = {}
 _seconds: dict[bytes, int] = {}
+_occurred: dict[bytes, int] = {}  # whole occurredAt values
 
 
 def _valid_name(raw: bytes, pattern: re.Pattern[str], cache: dict[bytes, str]) -> str | None:
@@ -182,6 +191,10 @@ def _epoch_second(text: bytes) -> int | None:
 
 def _occurred_ms(occurred: bytes) -> int | None:
     """Epoch ms of ``YYYY-MM-DDTHH:MM:SS[.mmm]Z``, or None for anything else."""
+    # A batch the producer stamped shares one occurredAt: one dict lookup instead of parsing.
+    cached = _occurred.get(occurred)
+    if cached is not None:
+        return cached
     size = len(occurred)
     if size == 24 and occurred[19] == 46 and occurred[23] == 90 and occurred[20:23].isdigit():
         millis = int(occurred[20:23])  # ".mmmZ"
@@ -195,7 +208,10 @@ def _occurred_ms(occurred: bytes) -> int | None:
         second = _epoch_second(head)
         if second is None:
             return None
-    return second * 1000 + millis
+    if len(_occurred) >= _CACHE_LIMIT:
+        _occurred.clear()
+    ms = _occurred[occurred] = second * 1000 + millis
+    return ms
 
 
 def _fast_sample(fields: dict[bytes, bytes], window: TimeWindow, now: int) -> Sample | None:
@@ -250,7 +266,7 @@ def _slow_sample(
             "value": fields[keys.FIELD_VALUE].decode(),
         }
         occurred = fields.get(keys.FIELD_OCCURRED_AT)
-        if occurred is not None:
+        if occurred:  # empty: an append function of an older release did not stamp it
             raw["occurredAt"] = occurred.decode()
     except KeyError as exc:
         msg = f"missing field {exc.args[0].decode()!r}"

@@ -20,16 +20,57 @@
 --   {"conflict"}             the idempotency key was used with another body hash
 --   {"rate", retry after ms} does not fit in what is left of the window: nothing appended
 --   {"toolarge", limit}      more events than the whole window allows: nothing appended
+-- An empty occurredAt is stamped with the time of the call (RFC 3339, ms): the server's default
+-- for a batch, taken here so that stamps follow stream order whatever the order in which the
+-- producer's concurrent calls arrive (the worker writes a sample older than its series' newest
+-- as a costly upsert).
 local SEGMENT_ARGS = 7
+local STAMPED_FIELD = 'occurredAt'
 
-local function append_values(stream, names, values, count)
+-- rfc3339: epoch ms as YYYY-MM-DDTHH:MM:SS[.mmm]Z, milliseconds only when there are any (as
+-- ingest_shared.schema.format_ms). Days to a civil date: H. Hinnant's days_from_civil inverse.
+local function rfc3339(ms)
+  local floor = math.floor
+  local secs = floor(ms / 1000)
+  local millis = ms - secs * 1000
+  local days = floor(secs / 86400)
+  local rest = secs - days * 86400
+  local z = days + 719468
+  local era = floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
+  local day = doy - floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  local text = string.format('%04d-%02d-%02dT%02d:%02d:%02d', year, month, day,
+    floor(rest / 3600), floor(rest % 3600 / 60), rest % 60)
+  if millis == 0 then return text .. 'Z' end
+  return string.format('%s.%03dZ', text, millis)
+end
+
+local function now_stamp(clock)
+  if not clock.stamp then
+    local time = redis.call('TIME')
+    clock.stamp = rfc3339(tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000))
+  end
+  return clock.stamp
+end
+
+local function append_values(stream, names, values, count, clock)
   local nfields = #names
   local entry = {}
-  for i = 1, nfields do entry[2 * i - 1] = names[i] end
+  local stamped = 0
+  for i = 1, nfields do
+    entry[2 * i - 1] = names[i]
+    if names[i] == STAMPED_FIELD then stamped = 2 * i end
+  end
   local ids = {'ok'}
   for e = 0, count - 1 do
     local base = e * nfields
     for i = 1, nfields do entry[2 * i] = values[base + i] end
+    if stamped > 0 and entry[stamped] == '' then entry[stamped] = now_stamp(clock) end
     ids[e + 2] = redis.call('XADD', stream, '*', unpack(entry))
   end
   return ids
@@ -56,6 +97,7 @@ local function ingest_append(keys, args)
   end
   local next_key = 2
   local replies = {}
+  local clock = {}
   for s = 1, nsegments do
     local base = first + (s - 1) * SEGMENT_ARGS
     local count, idem_ttl = tonumber(args[base]), tonumber(args[base + 1])
@@ -96,7 +138,7 @@ local function ingest_append(keys, args)
       end
     end
     if not reply then
-      reply = append_values(stream, names, payloads[s], count)
+      reply = append_values(stream, names, payloads[s], count, clock)
       if idem_key then
         redis.call('HSET', idem_key, 'hash', hash, 'ids', table.concat(reply, ',', 2), 'echo', echo)
         redis.call('PEXPIRE', idem_key, idem_ttl)
