@@ -65,7 +65,7 @@ class BenchConfig:
     # Scenario 8, the sustained-capacity ramp: offered events/s per step, per load shape.
     capacity_step_s: float = 60.0
     capacity_batch_rates: tuple[int, ...] = (
-        10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000, 120_000, 150_000,
+        20_000, 40_000, 60_000, 80_000, 90_000, 100_000, 110_000, 120_000, 140_000,
     )  # fmt: skip
     capacity_single_rates: tuple[int, ...] = (2_000, 4_000, 6_000, 8_000, 10_000, 12_000, 15_000)
     capacity_baseline_rates: tuple[int, ...] = (500, 1_000, 1_500, 2_000, 3_000, 4_000)
