@@ -223,11 +223,16 @@ async def test_a_replayed_event_is_stored_by_the_worker(client: Client, redis: R
     assert (int(sample[0]), float(sample[1])) == (BASE_MS, 42.0)
 
 
+@pytest.mark.parametrize("occurred_at", [None, b""], ids=["missing", "empty"])
 async def test_a_payload_without_occurred_at_keeps_its_original_time(
-    client: Client, redis: Redis
+    client: Client, redis: Redis, occurred_at: bytes | None
 ) -> None:
+    # Empty: a batch's event left unstamped by an append function of an older release.
     payload = fields("3")
-    del payload[k.FIELD_OCCURRED_AT]
+    if occurred_at is None:
+        del payload[k.FIELD_OCCURRED_AT]
+    else:
+        payload[k.FIELD_OCCURRED_AT] = occurred_at
     letter = await dead_letter(redis, payload, message_id=f"{BASE_MS}-7".encode())
 
     assert (await replay(client, {"ids": [letter]}))["replayed"] == 1

@@ -128,7 +128,8 @@ def replayable(
     """The stream fields to replay a dead letter with, or InvalidEventError saying why not.
 
     The payload's own source, metric, value and occurredAt are kept as they were; a missing
-    occurredAt becomes the time the worker would have used (the original entry's id time).
+    or empty occurredAt becomes the time the worker would have used (the original entry's id
+    time).
     """
     payload = _payload(_text(fields, k.DL_PAYLOAD))
     if not isinstance(payload, dict) or not all(isinstance(v, str) for v in payload.values()):
@@ -144,7 +145,9 @@ def replayable(
         window,
         now,
     )
-    stream_fields.setdefault(k.FIELD_OCCURRED_AT.decode(), format_ms(sample.timestamp_ms))
+    occurred = k.FIELD_OCCURRED_AT.decode()
+    if not stream_fields.get(occurred):  # empty too: left unstamped by an older append function
+        stream_fields[occurred] = format_ms(sample.timestamp_ms)
     return stream_fields
 
 
