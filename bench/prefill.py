@@ -1,9 +1,9 @@
 """Fill a stream with telemetry entries server-side, atomically, as fast as Redis can.
 
 The entries carry the producer's fields (``source``, ``metric``, ``value`` as a decimal
-string, ``occurredAt`` as RFC 3339 UTC with milliseconds). They are written by Lua scripts
-inside one MULTI/EXEC, so a consumer blocked on the stream sees the whole backlog at once,
-when EXEC returns: that instant starts the drain clock.
+string, ``occurredAt`` as RFC 3339 UTC, formatted as the append function does). They are
+written by Lua scripts inside one MULTI/EXEC, so a consumer blocked on the stream sees the
+whole backlog at once, when EXEC returns: that instant starts the drain clock.
 
 Two layouts (:data:`DISTINCT`, :data:`GATEWAY`): every event in its own millisecond, or what a
 gateway's batches of 100 look like once the producer has stamped them (5 sources x 20
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bench.config import GATEWAY_BATCH, GATEWAY_METRICS, GATEWAY_SOURCES, N_METRICS, N_SOURCES
+from ingest_shared.functions import PRODUCER_LIBRARY
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -63,7 +64,10 @@ CHUNK = 25_000
 # Event i (distinct): source = i % n_sources, metric = (i // n_sources) % n_metrics, so every
 # (metric, source) pair recurs every n_metrics * n_sources events; occurredAt = base + i ms.
 # Gateway (ARGV[6] = batch size): see Layout.event.
-PREFILL_LUA = """
+# rfc3339: the append function's own formatting (ingest_shared/lua/producer.lua).
+PREFILL_LUA = (
+    PRODUCER_LIBRARY.local_function("rfc3339")
+    + """
 local stream = KEYS[1]
 local first, count = tonumber(ARGV[1]), tonumber(ARGV[2])
 local base_ms = tonumber(ARGV[3])
@@ -73,35 +77,6 @@ local reordered = ARGV[7] == "1"
 local per_batch = batch_size > 0 and math.floor(batch_size / n_metrics) or 1
 local slices = math.floor(n_sources / per_batch)
 local floor, fmt = math.floor, string.format
-local cached_second, cached_prefix = -1, ""
-
--- days since 1970-01-01 to (y, m, d): Howard Hinnant's civil_from_days
-local function civil(days)
-  local z = days + 719468
-  local era = floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
-  local mp = floor((5 * doy + 2) / 153)
-  local d = doy - floor((153 * mp + 2) / 5) + 1
-  local m = mp < 10 and mp + 3 or mp - 9
-  local y = yoe + era * 400
-  if m <= 2 then y = y + 1 end
-  return y, m, d
-end
-
-local function iso(ms)
-  local s = floor(ms / 1000)
-  if s ~= cached_second then
-    local days = floor(s / 86400)
-    local sod = s - days * 86400
-    local y, m, d = civil(days)
-    cached_prefix = fmt("%04d-%02d-%02dT%02d:%02d:%02d", y, m, d,
-      floor(sod / 3600), floor((sod % 3600) / 60), sod % 60)
-    cached_second = s
-  end
-  return fmt("%s.%03dZ", cached_prefix, ms - s * 1000)
-end
 
 for i = first, first + count - 1 do
   local source, metric, ms
@@ -122,10 +97,11 @@ for i = first, first + count - 1 do
     "source", "sensor-" .. source,
     "metric", "metric-" .. metric,
     "value", fmt("%d.%d", i % 100, i % 10),
-    "occurredAt", iso(ms))
+    "occurredAt", rfc3339(ms))
 end
 return count
 """
+)
 
 
 def prefill(

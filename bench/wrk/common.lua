@@ -16,6 +16,18 @@ function M.now_ms()
   return tonumber(timespec.tv_sec) * 1000 + tonumber(timespec.tv_nsec) / 1e6
 end
 
+-- The delay() of a paced script: sends on a global timetable (start + k * interval_ms), so a
+-- slow response on one connection does not lower the offered rate while others are idle.
+function M.timetable(interval_ms)
+  local next_due = M.now_ms()
+  return function()
+    next_due = next_due + interval_ms
+    local wait = next_due - M.now_ms()
+    if wait < 0 then return 0 end
+    return math.floor(wait)
+  end
+end
+
 -- RFC 3339 UTC with milliseconds, e.g. 2026-03-19T12:00:00.123Z.
 function M.iso_ms(ms)
   local secs = math.floor(ms / 1000)

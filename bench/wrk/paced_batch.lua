@@ -11,7 +11,7 @@ local METRICS, SOURCES = 20, 100
 local VALUE_VARIANTS = 3
 local path = "/api/ingest/events"
 local interval_ms = 1.0
-local next_due = 0
+local pace  -- common.timetable, from init
 local size = 100
 local counter = 0
 local bodies = {}
@@ -48,14 +48,11 @@ function init(args)
     end
   end
   counter = math.random(0, #bodies - 1)
-  next_due = common.now_ms()
+  pace = common.timetable(interval_ms)
 end
 
 function delay()
-  next_due = next_due + interval_ms
-  local wait = next_due - common.now_ms()
-  if wait < 0 then return 0 end
-  return math.floor(wait)
+  return pace()
 end
 
 function request()

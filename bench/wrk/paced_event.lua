@@ -7,7 +7,7 @@ local common = require("common")
 
 local path = "/api/ingest/events"
 local interval_ms = 1.0
-local next_due = 0
+local pace  -- common.timetable, from init
 local counter = 0
 local headers = { ["Content-Type"] = "application/json" }
 
@@ -15,14 +15,11 @@ function init(args)
   interval_ms = 1000.0 / tonumber(args[1] or "1000")
   if args[2] then path = args[2] end
   counter = math.random(0, 1000000)
-  next_due = common.now_ms()
+  pace = common.timetable(interval_ms)
 end
 
 function delay()
-  next_due = next_due + interval_ms
-  local wait = next_due - common.now_ms()
-  if wait < 0 then return 0 end
-  return math.floor(wait)
+  return pace()
 end
 
 function request()

@@ -312,13 +312,6 @@ async def test_trim_keeps_the_newest_entries_and_waits_for_a_group(loaded: Redis
     assert await loaded.xlen(KEYS.stream) == 5
 
 
-def _lua_function(name: str) -> str:
-    """The source of ``local function <name>`` in the producer library (up to its ``end``)."""
-    code = PRODUCER.code
-    start = code.index(f"local function {name}(")
-    return code[start : code.index("\nend\n", start) + len("\nend\n")]
-
-
 async def test_the_append_functions_stamp_is_formatted_as_the_producers(loaded: Redis) -> None:
     rng = random.Random(11)
     edges = [
@@ -329,7 +322,7 @@ async def test_the_append_functions_stamp_is_formatted_as_the_producers(loaded: 
             "2100-03-01T00:00:00.010Z", "9999-12-31T23:59:59.999Z",
         )
     ]  # fmt: skip
-    script = _lua_function("rfc3339") + "return rfc3339(tonumber(ARGV[1]))"
+    script = PRODUCER.local_function("rfc3339") + "return rfc3339(tonumber(ARGV[1]))"
     for ms in edges + [rng.randrange(0, 253_402_300_800_000) for _ in range(300)]:
         stamp = await call(loaded, "EVAL", script, 0, ms)
         assert stamp.decode() == format_ms(ms), ms

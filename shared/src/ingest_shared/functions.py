@@ -38,6 +38,12 @@ class Library:
     name: str
     code: str
 
+    def local_function(self, name: str) -> str:
+        """The source of ``local function <name>`` (up to its ``end`` at column 0), for a script
+        that needs the same code (the RFC 3339 formatting, in tests and the benchmark)."""
+        start = self.code.index(f"local function {name}(")
+        return self.code[start : self.code.index("\nend\n", start) + len("\nend\n")]
+
 
 def _library(name: str, file: str) -> Library:
     return Library(name, files(__package__).joinpath(f"lua/{file}").read_text())
