@@ -70,7 +70,7 @@ def hold_back(
         else:
             now_ids.append(entry_id)
             now_samples.append(sample)
-    entries = held.entries + batch.entries
+    entries = [*held.entries, *batch.entries] if held.entries else batch.entries
     if later.ids:
         waiting = set(later.ids)
         later.entries = [entry for entry in batch.entries if entry[0] in waiting]

@@ -59,7 +59,7 @@ class PreparedBatch(Base):
     ``samples`` (``stored_ids[i]`` is the entry of ``samples[i]``), dead-letters ``failures``,
     then acks ``ids``. ``entries`` holds every entry a failure may need the fields of."""
 
-    entries: list[Entry]
+    entries: Sequence[Entry]
     now: int
     read: int = 0
     ids: list[bytes] = msgspec.field(default_factory=list)
@@ -153,7 +153,7 @@ class BatchProcessor:
         """Decode and validate ``entries`` (no Redis call): what :meth:`store` writes and acks."""
         forced = forced or {}
         now = now_ms()
-        batch = PreparedBatch(entries=list(entries), now=now)
+        batch = PreparedBatch(entries=entries, now=now)
         ids = batch.ids
         # Parallel lists, entry ids and their samples: TS.MADD takes the samples as they are.
         stored_ids = batch.stored_ids
