@@ -98,6 +98,9 @@ async def test_replica_takes_over_a_killed_primary(tmp_path: Path) -> None:
             print(f"\nfailover: writes to the killed primary's slots succeeded again after "
                   f"{recovered_after:.2f} s (cluster-node-timeout 2000 ms)")  # fmt: skip
 
+            # The write went through as soon as the replica took over; the other nodes learn
+            # it by gossip a moment later, and the topology is read from one of them.
+            await asyncio.to_thread(cluster.wait_ok, FAILOVER_DEADLINE_S)
             assert cluster.primary_for_slot(key_slot(key)) == replica
             samples = await client.execute_command("TS.RANGE", key, "-", "+")
             assert samples[0] == [1_000, 1.0]

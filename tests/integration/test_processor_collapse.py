@@ -23,11 +23,11 @@ SOURCES = ("gw-1", "gw-2", "dev-a", "dev-b", "dev-c")
 ROLLUPS = (Rollup("avg", 1_000), Rollup("max", 1_000), Rollup("count", 5_000))
 
 
-def gateway_batches(seed: int) -> list[list[Entry]]:
+def gateway_batches(seed: int, base: int) -> list[list[Entry]]:
     """Batches as gateways make them: server-defaulted times, so many events of one metric in
-    one millisecond; a few repeats of one device's reading; times crossing rollup buckets."""
+    one millisecond; a few repeats of one device's reading; times crossing rollup buckets.
+    ``base`` is a whole second, the same for every call that must give the same batches."""
     rng = random.Random(seed)
-    base = (now_ms() - 120_000) // 1_000 * 1_000
     batches: list[list[Entry]] = []
     serial = 0
     for batch in range(12):
@@ -59,12 +59,13 @@ async def test_series_and_rollups_end_identical_with_and_without_collapsing(
     redis: Redis,
 ) -> None:
     stored: dict[bool, dict[str, list[list[object]]]] = {}
+    base = (now_ms() - 120_000) // 1_000 * 1_000
     for collapse in (True, False):
         prefix = f"telemetry:ts-{'collapsed' if collapse else 'plain'}"
         settings = replace(Settings(), series_prefix=prefix, rollups=ROLLUPS)
         processor = create_processor(redis, settings)
         processor._collapse = collapse
-        for batch in gateway_batches(seed=7):
+        for batch in gateway_batches(seed=7, base=base):
             result = await processor.process(batch, "test")
             assert (result.processed, result.dead_lettered) == (len(batch), 0)
         stored[collapse] = await every_series(redis, prefix)
@@ -76,7 +77,7 @@ async def test_series_and_rollups_end_identical_with_and_without_collapsing(
     raw_cpu = collapsed[":{cpu}:raw"]
     cpu_events = [
         f
-        for batch in gateway_batches(seed=7)
+        for batch in gateway_batches(seed=7, base=base)
         for _, f in batch
         if f and f[k.FIELD_METRIC] == b"cpu"
     ]
