@@ -22,12 +22,16 @@ pytestmark = pytest.mark.slow
 
 EVENT = {"source": "dev-0", "metric": "load", "value": 1}
 CONCURRENT = 20
-LATENCY_S = 0.2
+# Writes 10 ms apart, each taking 0.5 s: they overlap, so each needs a connection of its own,
+# and they come in separate loop turns even on a loaded machine, so the producer does not
+# coalesce them into one append.
+SPACING_S = 0.01
+LATENCY_S = 0.5
 
 
 async def spaced(post: Callable[[], Awaitable[int]], index: int) -> int:
-    """``post()`` after ``index`` ms: each in a loop turn of its own (no coalescing)."""
-    await asyncio.sleep(index / 1000)
+    """``post()`` after ``index`` spacings: each in a loop turn of its own (no coalescing)."""
+    await asyncio.sleep(index * SPACING_S)
     return await post()
 
 
