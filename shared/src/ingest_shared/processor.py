@@ -203,6 +203,7 @@ class BatchProcessor:
 
     async def _store_batch(self, batch: PreparedBatch, consumer: str) -> BatchResult:
         samples = batch.samples
+        # Copies: a transient error makes the caller store the same batch again.
         failures = list(batch.failures)
         reasons = dict(batch.reasons)
         rejected: dict[bytes, str] = {}

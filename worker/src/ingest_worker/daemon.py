@@ -157,12 +157,16 @@ class Worker:
         ahead), then remove this consumer if it holds nothing."""
         await self._settle_in_flight()
         if self._held.ids:
-            held, self._held = self._held, Held()
-            await self._handle("new", release(held, now_ms()))
+            await self._handle("new", self._release_held())
         if self._prefetched:
             await self._handle("new", self._processor.prepare(self._prefetched))
             self._prefetched = []
         await self._forget_self()
+
+    def _release_held(self) -> PreparedBatch:
+        """What was held back, as a batch of its own; nothing is held after."""
+        held, self._held = self._held, Held()
+        return release(held, now_ms())
 
     async def _set_up(self) -> bool:
         """Create the group and check TimeSeries, waiting for Redis; False if stopped first."""
@@ -230,7 +234,7 @@ class Worker:
         if entries:
             batch, self._held = hold_back(self._processor.prepare(entries), self._held)
         elif self._held.ids:  # nothing newer arrived: write what was held back
-            batch, self._held = release(self._held, now_ms()), Held()
+            batch = self._release_held()
         else:
             await self._settle_in_flight()
             return
