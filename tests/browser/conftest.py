@@ -125,6 +125,8 @@ def start_producer(redis_url: str, tmp_path: Path) -> ProducerFactory:
             "REDIS_URL": redis_url,
             "INGEST_HTTP_PORT": str(port),
             "INGEST_LOG_FORMAT": "json",
+            # The tests plant entries in the one stream (the dashboard reads any layout alike).
+            "INGEST_STREAM_SHARDS": "1",
             **(extra_env or {}),
         }
         log = tmp_path / f"producer-{port}.log"

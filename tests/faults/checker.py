@@ -263,7 +263,10 @@ def reading_of(fields: dict[str, str], metric: str) -> Reading | None:
 async def dead_letters(redis: Redis, keys: Keys, metric: str) -> dict[Reading, str]:
     """The readings of ``metric`` among the dead letters, with their reasons."""
     found: dict[Reading, str] = {}
-    for _, fields in await stream_entries(redis, keys.dead_letter):
+    letters = [
+        entry for shard in keys.shards for entry in await stream_entries(redis, shard.dead_letter)
+    ]
+    for _, fields in letters:
         try:
             payload = json.loads(fields.get(k.DL_PAYLOAD.encode(), b"{}"))
         except ValueError:  # not one of ours: the checker only looks for the load's events
@@ -277,7 +280,10 @@ async def dead_letters(redis: Redis, keys: Keys, metric: str) -> dict[Reading, s
 async def stream_readings(redis: Redis, keys: Keys, metric: str) -> set[Reading]:
     """The readings of ``metric`` still in the stream (trimming removes processed ones)."""
     found = set()
-    for _, fields in await stream_entries(redis, keys.stream):
+    entries = [
+        entry for shard in keys.shards for entry in await stream_entries(redis, shard.stream)
+    ]
+    for _, fields in entries:
         text = {key.decode(): value.decode() for key, value in fields.items()}
         reading = reading_of(text, metric)
         if reading is not None:
@@ -298,8 +304,13 @@ class QueueState:
 
 
 async def queue_state(redis: Redis, settings: Settings) -> QueueState:
-    """Where the consumer group stands (nothing at all without a stream)."""
-    stream = settings.keys.stream
+    """Where the consumer group stands, summed over the shards."""
+    states = [await _stream_state(redis, shard.stream, settings) for shard in settings.keys.shards]
+    return QueueState(sum(s.pending for s in states), sum(s.undelivered for s in states))
+
+
+async def _stream_state(redis: Redis, stream: str, settings: Settings) -> QueueState:
+    """Where the consumer group stands on one stream (nothing at all without it)."""
     if not await redis.exists(stream):
         return QueueState(0, 0)
     groups: list[dict[str, Any]] = await redis.xinfo_groups(stream)
@@ -406,12 +417,18 @@ async def check(
         samples = await series_samples(redis, keys.source_raw(metric, source))
         by_source[source] = samples
         stored.update({(source, ts): value for ts, value in samples.items()})
-    per_metric = await series_samples(redis, keys.raw(metric))
+    # Each shard's owner writes its own partial of the per-metric series: an event must be in
+    # the partial of its source's shard.
+    per_metric = {
+        shard.tag: await series_samples(redis, keys.metric_raw(metric, shard))
+        for shard in keys.shards
+    }
     letters = await dead_letters(redis, keys, metric)
     in_stream = await stream_readings(redis, keys, metric)
 
     _judge_events(
         report,
+        keys=keys,
         fates=fates,
         stored=stored,
         letters=letters,
@@ -431,11 +448,12 @@ async def check(
 def _judge_events(
     report: Report,
     *,
+    keys: Keys,
     fates: dict[Reading, tuple[Event, Fate]],
     stored: dict[Reading, float],
     letters: dict[Reading, str],
     in_stream: set[Reading],
-    per_metric: dict[int, float],
+    per_metric: dict[str, dict[int, float]],
 ) -> None:
     """Count each sent event by what it was promised and where it is."""
     for reading, (event, fate) in fates.items():
@@ -457,7 +475,8 @@ def _judge_events(
             report.refused += 1
             if value is not None or reading in letters or reading in in_stream:
                 report.refused_seen.append(event)
-        if value is not None and per_metric.get(event.timestamp_ms) != event.n:
+        partial = per_metric[keys.shard_of_source(event.source).tag]
+        if value is not None and partial.get(event.timestamp_ms) != event.n:
             report.missing_in_metric_series.append(event)
 
 

@@ -3,9 +3,9 @@
 Run as a script: ``FAULT_CRASH_AT_ACK=N python tests/faults/crashing_worker.py``. The Nth
 acknowledgement of the process never happens: the process exits at once with status 137 (as
 if SIGKILLed) after the batch's samples and dead letters were written and before its XACK.
-With ``FAULT_CRASH_REPORT=<file>`` it first writes the ids of that batch there, one a line (the
-consumer may hold more pending entries: the batch it read ahead). Everything else is the real
-worker (``ingest_worker.cli.main``).
+With ``FAULT_CRASH_REPORT=<file>`` it first writes the stream and ids of that batch there,
+``<stream> <id>`` a line (the consumer may hold more pending entries: the batch it read
+ahead). Everything else is the real worker (``ingest_worker.cli.main``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def crash_at_ack(
         if calls >= nth:
             if report is not None:
                 # Blocking is harmless: nothing else runs in this process any more.
-                report.write_bytes(b"\n".join(ids))  # noqa: ASYNC240
+                stream = self._stream
+                report.write_bytes(b"\n".join(stream + b" " + i for i in ids))  # noqa: ASYNC240
             os._exit(CRASH_STATUS)
         return await ack(self, ids)
 

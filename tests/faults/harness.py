@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 BIN = Path(sys.executable).parent
 METRIC = "load"
@@ -87,6 +88,11 @@ class Load:
     metric: str = METRIC
     timeout_s: float = 10.0
     outcomes: list[Outcome] = field(default_factory=list)
+    # Gateway-like batches: every event of a batch has the batch's one occurredAt (a gateway
+    # stamps what it forwards at receipt), ``step_ms`` apart from batch to batch.
+    one_time_per_batch: bool = False
+    # The devices, in turn (default: ``dev-0`` ... ``dev-<sources - 1>``).
+    source_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self._base_ms = now_ms() - EVENTS_START_AGO_MS
@@ -97,10 +103,13 @@ class Load:
 
     def _next_events(self) -> list[Event]:
         events = []
+        batch_ms = self._base_ms + self.sent // self.batch * self.step_ms
         for _ in range(self.batch):
             n = next(self._counter)
-            source = f"dev-{n % self.sources}"
-            events.append(Event(n, self.metric, source, self._base_ms + n * self.step_ms))
+            names = self.source_names
+            source = names[n % len(names)] if names else f"dev-{n % self.sources}"
+            at_ms = batch_ms if self.one_time_per_batch else self._base_ms + n * self.step_ms
+            events.append(Event(n, self.metric, source, at_ms))
         self.sent += self.batch
         return events
 
@@ -211,12 +220,14 @@ class HealthProbe:
 
 
 async def pending(redis: Redis) -> int:
-    """Entries the group has delivered but not acknowledged (0 without a group)."""
-    with contextlib.suppress(Exception):
-        return int(
-            (await redis.xpending(Settings().stream_key, Settings().consumer_group))["pending"]
-        )
-    return 0
+    """Entries the group has delivered but not acknowledged, over every shard of the default
+    layout (0 for a shard without a group)."""
+    settings = Settings()
+    total = 0
+    for shard in settings.keys.shards:
+        with contextlib.suppress(ResponseError):  # NOGROUP: nothing delivered there
+            total += int((await redis.xpending(shard.stream, settings.consumer_group))["pending"])
+    return total
 
 
 async def eventually(

@@ -145,25 +145,32 @@ async def test_workers_sigkilled_every_1_5_s_under_load_lose_nothing(
 async def stored_but_unacked(
     redis: Redis, settings: Settings, consumer: str, batch: list[bytes]
 ) -> list[bytes]:
-    """Those of ``batch`` (the ids a crashed worker was acknowledging) that are still pending
-    for ``consumer`` and already in their series (or dead-lettered)."""
-    keys = settings.keys
-    rows: list[dict[str, Any]] = await redis.xpending_range(
-        keys.stream, settings.consumer_group, "-", "+", 100_000, consumername=consumer
-    )
-    pending = {row["message_id"] for row in rows}
-    dead = await stream_entries(redis, keys.dead_letter)
-    letters = {fields[DL_MESSAGE_ID.encode()] for _, fields in dead}
+    """Those of ``batch`` (``<stream> <id>`` lines: the entries a crashed worker was
+    acknowledging) that are still pending for ``consumer`` and already in their series (or
+    dead-lettered)."""
+    pending: set[tuple[bytes, bytes]] = set()
+    letters: set[tuple[bytes, bytes]] = set()
+    for shard in settings.keys.shards:
+        stream = shard.stream.encode()
+        rows: list[dict[str, Any]] = await redis.xpending_range(
+            shard.stream, settings.consumer_group, "-", "+", 100_000, consumername=consumer
+        )
+        pending |= {(stream, row["message_id"]) for row in rows}
+        dead = await stream_entries(redis, shard.dead_letter)
+        letters |= {(stream, fields[DL_MESSAGE_ID.encode()]) for _, fields in dead}
     found = []
-    for entry_id in batch:
-        [(_, fields)] = await stream_entries(redis, keys.stream, entry_id, entry_id)
+    for line in batch:
+        stream, entry_id = line.split(b" ")
+        [(_, fields)] = await stream_entries(redis, stream.decode(), entry_id, entry_id)
         text = {key.decode(): value.decode() for key, value in fields.items()}
         reading = reading_of(text, text["metric"])
         assert reading is not None
         source, timestamp = reading
-        samples = await series_samples(redis, keys.source_raw(text["metric"], source))
-        if entry_id in pending and (timestamp in samples or entry_id in letters):
-            found.append(entry_id)
+        key = settings.keys.source_raw(text["metric"], source)
+        samples = await series_samples(redis, key)
+        entry = (stream, entry_id)
+        if entry in pending and (timestamp in samples or entry in letters):
+            found.append(line)
     return found
 
 

@@ -20,7 +20,9 @@ from ingest_shared.timeseries import SeriesLayout, ensure_series
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-SETTINGS = Settings(rollups=(Rollup("avg", 1000), Rollup("count", 1000), Rollup("max", 1000)))
+SETTINGS = Settings(
+    rollups=(Rollup("avg", 1000), Rollup("count", 1000), Rollup("max", 1000)), stream_shards=1
+)
 KEYS = SETTINGS.keys
 LAYOUT = SeriesLayout(retention_ms=0, rollup_retention_ms=0)
 BASE_MS = 1_700_000_000_000
@@ -36,7 +38,7 @@ def events(count: int) -> list[Event]:
 
 async def store(redis: Redis, stored: list[Event]) -> None:
     """Write ``stored`` as the worker would: both raw series, in timestamp order."""
-    await ensure_series(redis, KEYS, LAYOUT, {("load", s) for s in SOURCES})
+    await ensure_series(redis, KEYS, LAYOUT, {("load", s) for s in SOURCES}, KEYS.shards[0])
     for event in sorted(stored, key=lambda e: e.timestamp_ms):
         for key in (KEYS.raw("load"), KEYS.source_raw("load", event.source)):
             await call(redis, "TS.ADD", key, event.timestamp_ms, event.n)

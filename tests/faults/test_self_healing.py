@@ -42,7 +42,7 @@ GROUP = Settings().consumer_group
 FLUSHED = "FLUSHALL (since the flush)"
 RESTARTED = "Redis restarted empty (since the restart)"
 STALLED = "Redis SIGSTOPped 7 s"
-STREAM = Settings().stream_key
+STREAMS = [shard.stream for shard in Settings().keys.shards]
 
 
 async def run_fault(
@@ -164,14 +164,21 @@ async def test_producer_recreates_a_lost_group_while_no_worker_runs(
             async with load.running():
                 await asyncio.sleep(0.5)
 
-            async def group_back() -> bool:
-                groups = await redis.xinfo_groups(STREAM) if await redis.exists(STREAM) else []
-                return any(g["name"] == GROUP.encode() for g in groups)
+            async def groups_back() -> bool:
+                for stream in STREAMS:
+                    groups = await redis.xinfo_groups(stream) if await redis.exists(stream) else []
+                    if not any(g["name"] == GROUP.encode() for g in groups):
+                        return False
+                return True
 
-            await eventually(group_back, 5.0, "the producer to recreate the group")
-            [group] = await redis.xinfo_groups(STREAM)
-            # At ID 0: every accepted event waits for the workers to come.
-            assert group["last-delivered-id"] == b"0-0"
-            assert group["lag"] == await redis.xlen(STREAM) == len(load.accepted()) > 0
+            await eventually(groups_back, 5.0, "the producer to recreate the groups")
+            lag = length = 0
+            for stream in STREAMS:
+                [group] = await redis.xinfo_groups(stream)
+                # At ID 0: every accepted event waits for the workers to come.
+                assert group["last-delivered-id"] == b"0-0"
+                lag += group["lag"]
+                length += await redis.xlen(stream)
+            assert lag == length == len(load.accepted()) > 0
             assert await pending(redis) == 0
         assert "consumer_group_recreated" in services.log("ingest-producer")

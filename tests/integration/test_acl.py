@@ -17,11 +17,11 @@ from ingest_producer.asgi import build_app
 from ingest_shared.acl import DEFAULT_USERS, Role, setuser_command
 from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.mode import resolved_sync
-from ingest_shared.processor import create_processor
 from ingest_shared.redis_client import call, create_redis, is_cluster
 from ingest_shared.schema import format_ms, now_ms
 from ingest_shared.settings import Settings
-from ingest_worker.daemon import Worker
+from ingest_worker.cli import runner_for
+from ingest_worker.monitor import Heartbeat
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -56,7 +56,8 @@ async def running_worker(url: str) -> AsyncIterator[None]:
         Settings(), redis_url=url, block_ms=50, claim_interval_ms=20, consumer_name="acl"
     )
     client = create_redis(url, socket_timeout=2.0)
-    worker = Worker(client, create_processor(client, settings), settings)
+    # The default layout, as the worker process runs it: shard ownership, one loop per shard.
+    worker = runner_for(client, settings, Heartbeat())
     task = asyncio.create_task(worker.run())
     try:
         yield
@@ -91,7 +92,7 @@ async def test_producer_and_worker_do_everything_under_their_own_users(
     ):
         assert (await http.post(URL, json=events)).status_code == 200
         # Something the worker must dead-letter (written by the admin, not the producer).
-        await admin.xadd(KEYS.stream, {"metric": "cpu", "value": "oops"})
+        await admin.xadd(KEYS.shards[0].stream, {"metric": "cpu", "value": "oops"})
 
         async def settled() -> bool:
             summary = (await http.get("/api/ingest/summary")).json()

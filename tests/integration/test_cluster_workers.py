@@ -18,6 +18,7 @@ import pytest
 from redis.crc import key_slot
 
 from ingest_shared import keys as k
+from ingest_shared.processor import create_processor
 from ingest_shared.schema import format_ms, now_ms
 from ingest_shared.settings import Settings
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
 
     from ingest_devtools.localcluster import LocalCluster
+    from ingest_shared.streams import Entry
 
 pytestmark = pytest.mark.slow
 
@@ -128,3 +130,52 @@ async def test_two_workers_drain_every_shard_and_survive_one_being_killed(
     assert "CROSSSLOT" not in logs
     assert "MOVED" not in logs
     assert "shard_taken" in (tmp_path / "b.log").read_text()
+
+
+async def test_a_shard_batch_is_one_ts_madd_with_every_series_in_the_shard_slot(
+    redis_cluster_client: RedisCluster,
+) -> None:
+    cluster = redis_cluster_client
+    settings = replace(Settings(), stream_shards=SHARDS, redis_mode="cluster")
+    shard = KEYS.shards[1]
+    sources = [f"dev-{n}" for n in range(SOURCES) if KEYS.shard_of_source(f"dev-{n}") == shard]
+    assert len(sources) > 3
+    base = now_ms() - 60_000
+    await cluster.xgroup_create(shard.stream, settings.consumer_group, "0", mkstream=True)
+    for n in range(120):  # 3 metrics x the shard's sources, many in one millisecond
+        fields = {
+            k.FIELD_SOURCE: sources[n % len(sources)],
+            k.FIELD_METRIC: f"m{n % 3}",
+            k.FIELD_VALUE: str(n),
+            k.FIELD_OCCURRED_AT: format_ms(base + n // 10),
+        }
+        await cluster.xadd(shard.stream, fields)  # type: ignore[arg-type]
+    reply = await cluster.execute_command(
+        "XREADGROUP",
+        "GROUP",
+        settings.consumer_group,
+        "c",
+        "COUNT",
+        500,
+        "STREAMS",
+        shard.stream,
+        ">",
+    )
+    entries: list[Entry] = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+    node = cluster.get_node_from_key(shard.stream)
+    assert node is not None
+
+    async def madd_calls() -> int:
+        stats = await cluster.info("commandstats", target_nodes=node)
+        return int(stats.get("cmdstat_ts.madd", {}).get("calls", 0))
+
+    processor = create_processor(cluster, settings, shard)
+    before = await madd_calls()
+    result = await processor.process(entries, "c")
+
+    assert (result.processed, result.acked) == (120, 120)
+    assert await madd_calls() - before == 1  # devices and per-metric partials together
+    for metric in ("m0", "m1", "m2"):
+        partial = KEYS.metric_raw(metric, shard)
+        assert key_slot(partial.encode()) == key_slot(shard.stream.encode())
+        assert len(await cluster.execute_command("TS.RANGE", partial, "-", "+")) == 12

@@ -103,6 +103,7 @@ async def producer(
         "REDIS_URL": redis_url,
         "INGEST_HTTP_PORT": str(port),
         "INGEST_LOG_FORMAT": "json",
+        "INGEST_STREAM_SHARDS": "1",  # the test reads the one stream
         **{f"INGEST_HTTP_{name.upper()}": value for name, value in limits.items()},
     }
     running = Producer(spawn(env, log, open_files), port, log)

@@ -179,7 +179,7 @@ def _length_ok(schema: dict[str, Any], text: str) -> bool:
 
 @pytest.fixture
 async def document(redis: Redis, redis_url: str, serve: AppClient) -> dict[str, Any]:
-    app = create_app(dataclasses.replace(Settings(), redis_url=redis_url), redis)
+    app = create_app(dataclasses.replace(Settings(stream_shards=1), redis_url=redis_url), redis)
     async with serve(app) as http:
         response = await http.get("/schema/openapi.json")
     assert response.status_code == 200
@@ -291,7 +291,7 @@ async def test_counts_are_integers_and_integral_numbers_are_accepted(
     assert count == {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10}
     replay = paths["/api/ingest/dead-letters/replay"]["post"]["requestBody"]["content"]
     assert replay["application/json"]["schema"]["properties"]["max"]["type"] == "integer"
-    app = create_app(dataclasses.replace(Settings(), redis_url=redis_url), redis)
+    app = create_app(dataclasses.replace(Settings(stream_shards=1), redis_url=redis_url), redis)
     event = {"source": "s", "metric": "m", "value": 1, "occurredAt": format_ms(now_ms())}
 
     async with serve(app) as http:

@@ -24,8 +24,12 @@ if TYPE_CHECKING:
     from ingest_shared.streams import Entry
 
 CONSUMER = "test-worker"
-SETTINGS = Settings(rollup_bucket_ms=1_000, consumer_name=CONSUMER)
+# One stream (the unsharded layout): these tests drive the processor of its only shard.
+SETTINGS = Settings(rollup_bucket_ms=1_000, consumer_name=CONSUMER, stream_shards=1)
 KEYS = SETTINGS.keys
+SHARD = KEYS.shards[0]
+PER_METRIC_SUM = k.Rollup("sum", 1_000)
+PER_METRIC_COUNT = k.Rollup("count", 1_000)
 STREAM, GROUP = SETTINGS.stream_key, SETTINGS.consumer_group
 # A minute ago, on a bucket boundary: inside retention and clock skew, and on its own bucket.
 BASE_MS = (now_ms() - 60_000) // 1_000 * 1_000
@@ -187,13 +191,15 @@ async def test_new_metric_gets_raw_and_rollup_series_a_rule_and_joins_the_metric
 
     await processor.process(batch, CONSUMER)
 
-    raw = await ts_info(redis, KEYS.raw("disk.io"))
+    # The shard's partial of the per-metric series carries what an average merges from.
+    raw = await ts_info(redis, KEYS.metric_raw("disk.io", SHARD))
     assert {dest: rule[:2] for dest, rule in raw[b"rules"].items()} == {
-        KEYS.rollup("disk.io").encode(): [1_000, b"AVG"]
+        KEYS.metric_rollup_of("disk.io", SHARD, PER_METRIC_SUM).encode(): [1_000, b"SUM"],
+        KEYS.metric_rollup_of("disk.io", SHARD, PER_METRIC_COUNT).encode(): [1_000, b"COUNT"],
     }
     assert raw[b"duplicatePolicy"] == b"last"
     assert raw[b"retentionTime"] == SETTINGS.retention_ms
-    assert raw[b"labels"] == {b"metric": b"disk.io", b"kind": b"raw"}
+    assert raw[b"labels"] == {b"metric": b"disk.io", b"shard": b"0", b"kind": b"raw"}
     source_raw = await ts_info(redis, KEYS.source_raw("disk.io", "sensor-a"))
     assert list(source_raw[b"rules"]) == [KEYS.source_rollup("disk.io", "sensor-a").encode()]
     assert source_raw[b"labels"] == {
@@ -201,8 +207,8 @@ async def test_new_metric_gets_raw_and_rollup_series_a_rule_and_joins_the_metric
         b"source": b"sensor-a",
         b"kind": b"source-raw",
     }
-    rollup = await ts_info(redis, KEYS.rollup("disk.io"))
-    assert rollup[b"sourceKey"] == KEYS.raw("disk.io").encode()
+    rollup = await ts_info(redis, KEYS.metric_rollup_of("disk.io", SHARD, PER_METRIC_SUM))
+    assert rollup[b"sourceKey"] == KEYS.metric_raw("disk.io", SHARD).encode()
     assert await redis.smembers(KEYS.metrics) == {b"disk.io"}
 
 
@@ -213,12 +219,15 @@ async def test_rollup_value_appears_once_its_bucket_closes(
         redis, event(value="1", at_ms=BASE_MS + 100), event(value="3", at_ms=BASE_MS + 600)
     )
     await processor.process(in_bucket, CONSUMER)
-    assert await samples(redis, KEYS.rollup("cpu")) == []
+    per_metric_sum = KEYS.metric_rollup_of("cpu", SHARD, PER_METRIC_SUM)
+    assert await samples(redis, per_metric_sum) == []
 
     next_bucket = await enqueue_and_read(redis, event(value="10", at_ms=BASE_MS + 1_500))
     await processor.process(next_bucket, CONSUMER)
 
-    assert await samples(redis, KEYS.rollup("cpu")) == [(BASE_MS, 2.0)]
+    assert await samples(redis, per_metric_sum) == [(BASE_MS, 4.0)]
+    count = KEYS.metric_rollup_of("cpu", SHARD, PER_METRIC_COUNT)
+    assert await samples(redis, count) == [(BASE_MS, 2.0)]
     assert await samples(redis, KEYS.source_rollup("cpu", "sensor-a")) == [(BASE_MS, 2.0)]
 
 

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
     from ingest_shared.timeseries import KnownSeries
 
 CONSUMER = "perf-paths"
-SETTINGS = Settings(consumer_name=CONSUMER)
+SETTINGS = Settings(consumer_name=CONSUMER, stream_shards=1)  # one stream, one processor
 KEYS = SETTINGS.keys
+SHARD = KEYS.shards[0]
 STREAM, GROUP = SETTINGS.stream_key, SETTINGS.consumer_group
 BASE_MS = (now_ms() - 60_000) // 1_000 * 1_000
 
@@ -75,7 +76,7 @@ def test_madd_command_is_byte_for_byte_what_redis_py_would_send() -> None:
     ]
     known: KnownSeries = {}
     for s in samples:
-        known.setdefault(s.metric, {})[s.source] = packed_pair(KEYS, s.metric, s.source)
+        known.setdefault(s.metric, {})[s.source] = packed_pair(KEYS, s.metric, s.source, SHARD)
     # Nothing to collapse here; collapsing also puts the per-metric elements in time order.
     for collapse, per_metric in (
         (True, sorted(samples, key=lambda s: s.timestamp_ms)),
@@ -83,9 +84,9 @@ def test_madd_command_is_byte_for_byte_what_redis_py_would_send() -> None:
     ):
         expected = ["TS.MADD"]
         for metric, source, ts, value in samples:  # the per-device elements first ...
-            expected += [series_pair(KEYS, metric, source)[1], ts, value]  # type: ignore[list-item]
+            expected += [series_pair(KEYS, metric, source, SHARD)[1], ts, value]  # type: ignore[list-item]
         for metric, source, ts, value in per_metric:  # ... then the per-metric ones
-            expected += [series_pair(KEYS, metric, source)[0], ts, value]  # type: ignore[list-item]
+            expected += [series_pair(KEYS, metric, source, SHARD)[0], ts, value]  # type: ignore[list-item]
         command, elements = madd_command(samples, known, collapse=collapse)
         assert command == redis_py_packed(*expected)
         assert elements == [(known[s.metric][s.source][0], s.timestamp_ms) for s in per_metric]
@@ -98,12 +99,14 @@ def test_madd_command_writes_one_per_metric_sample_per_timestamp_the_last() -> N
         Sample("cpu", "c", BASE_MS + 1, 3.0),
         Sample("cpu", "d", BASE_MS, 4.0),
     ]
-    known: KnownSeries = {"cpu": {s.source: packed_pair(KEYS, "cpu", s.source) for s in samples}}
+    known: KnownSeries = {
+        "cpu": {s.source: packed_pair(KEYS, "cpu", s.source, SHARD) for s in samples}
+    }
     command, elements = madd_command(samples, known)
-    raw = series_pair(KEYS, "cpu", "a")[0]
+    raw = series_pair(KEYS, "cpu", "a", SHARD)[0]
     expected = ["TS.MADD"]
     for s in samples:
-        expected += [series_pair(KEYS, "cpu", s.source)[1], s.timestamp_ms, s.value]  # type: ignore[list-item]
+        expected += [series_pair(KEYS, "cpu", s.source, SHARD)[1], s.timestamp_ms, s.value]  # type: ignore[list-item]
     expected += [raw, BASE_MS, 4.0, raw, BASE_MS + 1, 3.0]  # type: ignore[list-item]
     assert command == redis_py_packed(*expected)
     assert [ts for _, ts in elements] == [BASE_MS, BASE_MS + 1]
@@ -164,7 +167,7 @@ async def test_series_cache_reset_still_sets_up_and_stores_the_whole_batch(
         result = await processor.process(entries, CONSUMER)
         assert (result.processed, result.dead_lettered, result.acked) == (3, 0, 3)
     for metric, source in pairs:
-        raw, source_raw = series_pair(KEYS, metric, source)
+        raw, source_raw = series_pair(KEYS, metric, source, SHARD)
         assert await call(redis, "TS.GET", source_raw) == [BASE_MS + 1, 1.5]
         assert (await call(redis, "TS.GET", raw))[0] == BASE_MS + 1
     assert await redis.xpending(STREAM, GROUP) == {

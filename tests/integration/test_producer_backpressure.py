@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 URL = "/api/ingest/events"
 MAX_BACKLOG = 5
-SETTINGS = Settings(max_backlog=MAX_BACKLOG)
+SETTINGS = Settings(stream_shards=1, max_backlog=MAX_BACKLOG)
 STREAM, GROUP = SETTINGS.stream_key, SETTINGS.consumer_group
 EVENT = {"source": "sensor-a", "metric": "cpu", "value": 1.0}
 WAIT_S = 5.0

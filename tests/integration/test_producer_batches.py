@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 URL = "/api/ingest/events"
 MAX_BATCH = 200
 MAX_BODY = 64 * 1024
-SETTINGS = Settings(max_batch=MAX_BATCH, max_body_bytes=MAX_BODY)
+SETTINGS = Settings(stream_shards=1, max_batch=MAX_BATCH, max_body_bytes=MAX_BODY)
 STREAM = SETTINGS.stream_key
 NDJSON = {"content-type": "application/x-ndjson"}
 GZIP = {"content-encoding": "gzip"}

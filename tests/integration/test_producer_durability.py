@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from tests.conftest import AppClient, LocalRedisFactory
 
 URL = "/api/ingest/events"
-AOF = Settings(durability="aof")
+AOF = Settings(stream_shards=1, durability="aof")
 STREAM = AOF.stream_key
 EVENT = {"source": "sensor-a", "metric": "cpu", "value": 1.0}
 EVENTS = [EventOut(f"s{i}", "cpu", float(i), "2026-03-19T12:00:00Z") for i in range(20)]
@@ -107,6 +107,7 @@ async def test_a_repeat_of_an_unconfirmed_request_is_not_confirmed_either(
 
 async def test_too_few_replicas_is_503(redis: Redis, redis_url: str, serve: AppClient) -> None:
     settings = Settings(
+        stream_shards=1,
         redis_url=redis_url,
         durability="replicas",
         durability_replicas=1,

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 URL = "/api/ingest/events"
 MAX_BODY = 4_096
-SETTINGS = Settings(max_clock_skew_ms=300_000, retention_ms=86_400_000, max_body_bytes=MAX_BODY)
+SETTINGS = Settings(
+    stream_shards=1, max_clock_skew_ms=300_000, retention_ms=86_400_000, max_body_bytes=MAX_BODY
+)
 STREAM = SETTINGS.stream_key
 GOOD = {"source": "sensor-a", "metric": "cpu", "value": 12.5}
 
@@ -267,7 +269,7 @@ async def test_json_nested_50000_levels_deep_is_a_client_error(
     redis_url: str, redis: Redis, serve: AppClient, body: bytes
 ) -> None:
     # A body limit large enough for the nesting to reach the decoder.
-    app = build_app(Settings(redis_url=redis_url))
+    app = build_app(Settings(stream_shards=1, redis_url=redis_url))
     async with serve(app) as client:
         response = await client.post(URL, content=body)
 
@@ -296,7 +298,7 @@ async def test_the_default_body_limit_is_one_mebibyte(
 ) -> None:
     payload = JSON_ENCODER.encode(GOOD)
     at_limit = payload + b" " * (1024 * 1024 - len(payload))
-    async with serve(build_app(Settings(redis_url=redis_url))) as client:
+    async with serve(build_app(Settings(stream_shards=1, redis_url=redis_url))) as client:
         accepted = await client.post(URL, content=at_limit)
         rejected = await client.post(URL, content=at_limit + b" ")
 

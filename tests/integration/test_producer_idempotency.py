@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 URL = "/api/ingest/events"
 KEY_A = "write-key-a-0123456789"
 KEY_B = "write-key-b-0123456789"
-SETTINGS = Settings(write_keys=frozenset({KEY_A, KEY_B}), idempotency_ttl_s=3_600)
+SETTINGS = Settings(stream_shards=1, write_keys=frozenset({KEY_A, KEY_B}), idempotency_ttl_s=3_600)
 STREAM = SETTINGS.stream_key
 EVENT = {"source": "sensor-a", "metric": "cpu", "value": 12.5}  # occurredAt: time of receipt
 BATCH = [EVENT | {"value": float(i)} for i in range(5)]

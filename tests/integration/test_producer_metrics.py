@@ -58,7 +58,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 10.
 async def test_counters_move_by_exactly_the_known_workload(
     redis: Redis, redis_url: str, serve: AppClient
 ) -> None:
-    settings = Settings(redis_url=redis_url)
+    settings = Settings(stream_shards=1, redis_url=redis_url)
     async with serve(build_app(settings)) as http:
         before = await scrape(http)
         for _ in range(3):
@@ -86,7 +86,7 @@ async def test_counters_move_by_exactly_the_known_workload(
 async def test_queue_gauges_are_sampled_in_the_background(
     redis: Redis, redis_url: str, serve: AppClient
 ) -> None:
-    settings = Settings(redis_url=redis_url)
+    settings = Settings(stream_shards=1, redis_url=redis_url)
     async with serve(build_app(settings)) as http:
         assert (await http.post(URL, json=[EVENT] * 7)).status_code == 200
         await redis.xadd(settings.dead_letter_key, {"reason": "test"})
@@ -108,7 +108,7 @@ async def test_queue_gauges_are_sampled_in_the_background(
 async def test_request_id_is_echoed_when_plain_and_made_up_otherwise(
     redis: Redis, redis_url: str, serve: AppClient
 ) -> None:
-    async with serve(build_app(Settings(redis_url=redis_url))) as http:
+    async with serve(build_app(Settings(stream_shards=1, redis_url=redis_url))) as http:
         mine = await http.post(URL, json=EVENT, headers={"X-Request-ID": "req-42.a"})
         weird = await http.post(URL, json=EVENT, headers={"X-Request-ID": "a b\tc"})
         none = [await http.get("/health") for _ in range(2)]
@@ -118,7 +118,7 @@ async def test_request_id_is_echoed_when_plain_and_made_up_otherwise(
 
 
 async def test_metrics_off_removes_the_route(redis_url: str, serve: AppClient) -> None:
-    settings = Settings(redis_url=redis_url, metrics_enabled=False)
+    settings = Settings(stream_shards=1, redis_url=redis_url, metrics_enabled=False)
     async with serve(build_app(settings)) as http:
         assert (await http.get("/metrics")).status_code == 404
         assert (await http.post(URL, json=EVENT)).status_code == 200
@@ -133,7 +133,7 @@ async def test_a_command_refused_by_the_acl_is_a_503_naming_it_and_one_error_lin
     try:
         url = redis_url.replace("redis://", "redis://no-fcall:secret-password@")
         with structlog.testing.capture_logs() as logs:
-            async with serve(build_app(Settings(redis_url=url))) as http:
+            async with serve(build_app(Settings(stream_shards=1, redis_url=url))) as http:
                 response = await http.post(URL, json=EVENT)
                 after = await scrape(http)
     finally:
@@ -150,7 +150,7 @@ async def test_a_command_refused_by_the_acl_is_a_503_naming_it_and_one_error_lin
 async def test_out_of_memory_is_a_503_that_says_so(
     redis: Redis, redis_url: str, serve: AppClient
 ) -> None:
-    async with serve(build_app(Settings(redis_url=redis_url))) as http:
+    async with serve(build_app(Settings(stream_shards=1, redis_url=redis_url))) as http:
         await redis.config_set("maxmemory", 1)
         try:
             with structlog.testing.capture_logs() as logs:

@@ -22,8 +22,11 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 
-SETTINGS = Settings(rollup_bucket_ms=1_000)
+# One stream (the unsharded layout, names of the releases before sharding): these tests
+# write to and read from it directly. test_read_partials covers several shards.
+SETTINGS = Settings(rollup_bucket_ms=1_000, stream_shards=1)
 KEYS = SETTINGS.keys
+[SHARD] = KEYS.shards
 STREAM, GROUP = SETTINGS.stream_key, SETTINGS.consumer_group
 # A minute ago, on a bucket boundary: inside retention and clock skew.
 BASE_MS = (now_ms() - 60_000) // 1_000 * 1_000
@@ -73,7 +76,7 @@ async def test_process_stores_valid_entries_dead_letters_garbage_and_acks_all(
     result = await process(client)
 
     assert result == {"read": 3, "processed": 2, "dead_lettered": 1, "acked": 3}
-    samples = await call(redis, "TS.RANGE", KEYS.raw("cpu"), "-", "+")
+    samples = await call(redis, "TS.RANGE", KEYS.metric_raw("cpu", SHARD), "-", "+")
     assert [(int(ts), float(v)) for ts, v in samples] == [(BASE_MS, 1.5), (BASE_MS + 10, 2.5)]
     assert (await redis.xpending(STREAM, GROUP))["pending"] == 0
     assert await redis.xlen(KEYS.dead_letter) == 1
@@ -135,7 +138,7 @@ async def test_process_rejects_an_invalid_request_with_422(
     assert response.status_code == 422
     assert response.json()["errors"]
     assert (await redis.xpending(STREAM, GROUP))["pending"] == 0
-    assert await redis.exists(KEYS.raw("cpu")) == 0
+    assert await redis.exists(KEYS.metric_raw("cpu", SHARD)) == 0
 
 
 async def test_process_accepts_the_largest_count(client: Client) -> None:
@@ -261,7 +264,8 @@ async def test_summary_takes_two_round_trips_whatever_the_number_of_metrics(
     client: Client, redis: Redis, redis_url: str, metrics: int
 ) -> None:
     for i in range(metrics):
-        await post_event(client, metric=f"m{i}", at=BASE_MS + 1_000 * i)
+        await post_event(client, metric=f"m{i}", at=BASE_MS)
+        await post_event(client, metric=f"m{i}", at=BASE_MS + 1_000)  # closes bucket BASE_MS
     await process(client)
     counting = Redis.from_url(redis_url, connection_class=CountingConnection)
 
@@ -272,11 +276,16 @@ async def test_summary_takes_two_round_trips_whatever_the_number_of_metrics(
         await counting.aclose()
 
     async with AsyncTestClient(create_app(SETTINGS, counting, lifespan=[close_counting])) as own:
+        await own.get("/api/ingest/summary")  # opens the pooled connections (handshakes)
         CountingConnection.writes = 0
         response = await own.get("/api/ingest/summary")
 
-    assert len(response.json()["metrics"]) == metrics
-    assert CountingConnection.writes == 2
+    found = response.json()["metrics"]
+    assert len(found) == metrics
+    assert all(m["rollup"] == {"timestampMs": BASE_MS, "value": 1.0} for m in found)
+    # Three pipelines, the first two at the same time: the queue; every metric's newest
+    # samples and closed buckets; the closed buckets merged across partials.
+    assert CountingConnection.writes == 3
 
 
 # --- GET /api/ingest/events/recent ---------------------------------------------------------

@@ -31,7 +31,10 @@ KEY_B = "write-key-b-0123456789"
 LIMIT = 10
 WINDOW_MS = 60_000
 SETTINGS = Settings(
-    write_keys=frozenset({KEY_A, KEY_B}), rate_limit=LIMIT, rate_window_ms=WINDOW_MS
+    stream_shards=1,
+    write_keys=frozenset({KEY_A, KEY_B}),
+    rate_limit=LIMIT,
+    rate_window_ms=WINDOW_MS,
 )
 STREAM = SETTINGS.stream_key
 EVENT = {"source": "sensor-a", "metric": "cpu", "value": 1.5}
@@ -113,7 +116,9 @@ async def test_concurrent_requests_never_exceed_the_limit(
 async def test_without_auth_each_client_address_has_its_own_budget(
     redis: Redis, redis_url: str
 ) -> None:
-    settings = Settings(redis_url=redis_url, rate_limit=LIMIT, rate_window_ms=WINDOW_MS)
+    settings = Settings(
+        stream_shards=1, redis_url=redis_url, rate_limit=LIMIT, rate_window_ms=WINDOW_MS
+    )
     app = build_app(settings)
 
     def from_address(host: str) -> httpx.AsyncClient:
@@ -171,6 +176,7 @@ async def test_the_limit_is_shared_by_two_producer_processes(
         "INGEST_API_KEYS": f"{KEY_A},{KEY_B}",
         "INGEST_RATE_LIMIT": f"{LIMIT}/m",
         "INGEST_LOG_FORMAT": "json",
+        "INGEST_STREAM_SHARDS": "1",  # the test reads the one stream
     }
     ports = [free_port(), free_port()]
     with (

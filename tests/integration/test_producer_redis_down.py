@@ -61,7 +61,9 @@ async def test_stopped_redis_gives_503_with_retry_after_then_recovers_by_itself(
     local_redis_server: LocalRedisFactory,
 ) -> None:
     server = local_redis_server()
-    async with AsyncTestClient(build_app(Settings(redis_url=server.url))) as client:
+    async with AsyncTestClient(
+        build_app(Settings(stream_shards=1, redis_url=server.url))
+    ) as client:
         assert (await client.post(URL, json=GOOD)).status_code == 200
 
         server.stop()
@@ -98,7 +100,9 @@ async def test_hanging_redis_gives_503_within_two_seconds_then_recovers(
     local_redis_server: LocalRedisFactory,
 ) -> None:
     server = local_redis_server()
-    async with AsyncTestClient(build_app(Settings(redis_url=server.url))) as client:
+    async with AsyncTestClient(
+        build_app(Settings(stream_shards=1, redis_url=server.url))
+    ) as client:
         assert (await client.post(URL, json=GOOD)).status_code == 200
 
         with frozen(server):
@@ -119,7 +123,9 @@ async def test_producer_starts_without_redis_and_serves_once_it_is_up(
 ) -> None:
     server = local_redis_server()
     server.stop()
-    async with AsyncTestClient(build_app(Settings(redis_url=server.url))) as client:
+    async with AsyncTestClient(
+        build_app(Settings(stream_shards=1, redis_url=server.url))
+    ) as client:
         assert (await client.get("/health")).status_code == 200
         assert_unavailable((await timed_post(client))[0])
 

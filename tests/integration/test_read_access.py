@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 WRITE_KEY = "write-key-0123456789abcdef"
 READ_KEY = "read-key-0123456789abcdef"
-SETTINGS = Settings(write_keys=frozenset({WRITE_KEY}), read_keys=frozenset({READ_KEY}))
+SETTINGS = Settings(
+    stream_shards=1, write_keys=frozenset({WRITE_KEY}), read_keys=frozenset({READ_KEY})
+)
 
 
 class Route(NamedTuple):
@@ -88,7 +90,7 @@ async def test_access_reports_what_the_presented_key_may_do(
 
 
 async def test_access_without_auth_is_write(redis: Redis, redis_url: str) -> None:
-    async with app_client(Settings(), redis_url) as client:
+    async with app_client(Settings(stream_shards=1), redis_url) as client:
         response = await client.get("/api/ingest/access")
     assert response.json() == {"authEnabled": False, "access": "write"}
 

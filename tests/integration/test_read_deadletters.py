@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from tests.readside import Client
 
-SETTINGS = Settings()
+SETTINGS = Settings(stream_shards=1)
 KEYS = SETTINGS.keys
 DL = KEYS.dead_letter
 REPLAY = "/api/ingest/dead-letters/replay"

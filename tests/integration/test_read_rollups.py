@@ -1,5 +1,6 @@
-"""Configurable rollups on the write side: one series and rule per rollup, added to existing
-series when the setting changes; and the dead-letter stream's cap."""
+"""Configurable rollups on the write side: one series and rule per rollup (a metric's
+per-shard partial: one per part the rollups merge from), added to existing series when the
+setting changes; and the dead-letter stream's cap."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ if TYPE_CHECKING:
 
 BASE_MS = (now_ms() - 600_000) // 60_000 * 60_000
 AVG, MAX, HOURLY = Rollup("avg", 60_000), Rollup("max", 60_000), Rollup("avg", 3_600_000)
-STREAM, GROUP = Settings().stream_key, Settings().consumer_group
+# The processors here are the first shard's (create_processor's default); every Settings in
+# this file has the default shard count.
+SHARD = Settings().keys.shards[0]
+STREAM, GROUP = SHARD.stream, Settings().consumer_group
 
 
 def event(metric: str = "cpu", source: str = "sensor-a", value: str = "1", at: int = 0) -> Any:
@@ -68,10 +72,17 @@ async def test_every_rollup_gets_a_series_and_a_rule_with_labels(redis: Redis) -
 
     await process(redis, settings, event())
 
-    assert await rules(redis, keys.raw("cpu")) == {
-        keys.rollup_of("cpu", AVG): [60_000, "AVG"],
-        keys.rollup_of("cpu", MAX): [60_000, "MAX"],
-        keys.rollup_of("cpu", HOURLY): [3_600_000, "AVG"],
+    # The metric's partial carries what the rollups merge from: avg as sum and count.
+    parts = {
+        Rollup("sum", 60_000): "SUM",
+        Rollup("count", 60_000): "COUNT",
+        MAX: "MAX",
+        Rollup("sum", 3_600_000): "SUM",
+        Rollup("count", 3_600_000): "COUNT",
+    }
+    assert await rules(redis, keys.metric_raw("cpu", SHARD)) == {
+        keys.metric_rollup_of("cpu", SHARD, part): [part.bucket_ms, agg]
+        for part, agg in parts.items()
     }
     assert await rules(redis, keys.source_raw("cpu", "sensor-a")) == {
         keys.source_rollup_of("cpu", "sensor-a", r): [r.bucket_ms, r.agg.upper()]
@@ -84,14 +95,18 @@ async def test_every_rollup_gets_a_series_and_a_rule_with_labels(redis: Redis) -
         b"agg": b"max",
         b"bucketMs": b"60000",
     }
-    assert await labels(redis, keys.rollup_of("cpu", HOURLY)) == {
+    assert await labels(redis, keys.metric_rollup_of("cpu", SHARD, Rollup("count", 3_600_000))) == {
         b"metric": b"cpu",
+        b"shard": b"0",
         b"kind": b"rollup",
-        b"agg": b"avg",
+        b"agg": b"count",
         b"bucketMs": b"3600000",
     }
-    # The first rollup is still "the" rollup.
-    assert keys.rollup("cpu") == keys.rollup_of("cpu", AVG)
+    assert await labels(redis, keys.metric_raw("cpu", SHARD)) == {
+        b"metric": b"cpu",
+        b"shard": b"0",
+        b"kind": b"raw",
+    }
 
 
 async def test_a_rollup_added_later_is_created_for_existing_series_on_first_sight(
@@ -141,7 +156,8 @@ async def test_series_setup_runs_once_per_pair_per_process(redis: Redis, redis_u
             await processor.process(batch, "c")
             sent = b"".join(RecordingConnection.sent)
             if at == BASE_MS:
-                assert sent.count(b"TS.CREATERULE") == 6  # 3 rollups x (metric, pair)
+                # 5 parts on the metric's partial, 3 rollups on the (metric, source) pair
+                assert sent.count(b"TS.CREATERULE") == 8
             else:
                 assert b"TS.CREATE" not in sent
     finally:
@@ -157,6 +173,6 @@ async def test_dead_letters_are_capped_near_the_maxlen(redis: Redis, maxlen: int
     result = await create_processor(redis, settings).process(batch, "c")
 
     assert result.dead_lettered == 1_000
-    length = await redis.xlen(settings.dead_letter_key)
+    length = await redis.xlen(SHARD.dead_letter)
     # Approximate trimming drops whole stream nodes (100 entries each by default).
     assert maxlen <= length < maxlen + 200

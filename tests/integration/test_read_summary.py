@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from tests.readside import Client
 
-SETTINGS = Settings()
+# One stream: these tests write to and read from it directly.
+SETTINGS = Settings(stream_shards=1)
 STREAM, GROUP = SETTINGS.stream_key, SETTINGS.consumer_group
 
 

@@ -15,7 +15,9 @@ from ingest_worker.reclaim import MAX_DELIVERIES_REASON, Reclaimer
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-SETTINGS = Settings(consumer_name="alive", claim_idle_ms=50, batch_size=2, max_deliveries=3)
+SETTINGS = Settings(
+    consumer_name="alive", claim_idle_ms=50, batch_size=2, max_deliveries=3, stream_shards=1
+)
 STREAM, GROUP = SETTINGS.stream_key, SETTINGS.consumer_group
 
 

@@ -142,7 +142,7 @@ def _range_in_rules(query: dict[str, Any]) -> dict[str, Any]:
         return query
     if query.get("source") is None and agg in aggregates.NEEDS_SOURCE:
         query["source"] = "sensor-a"
-    fitting = params.fitting_bucket(start, end, Settings().max_points)
+    fitting = params.fitting_bucket(start, end, Settings(stream_shards=1).max_points)
     # The coverage phase sends some integers as strings.
     query["bucketMs"] = max(int(query.get("bucketMs") or 60_000), fitting)
     return query
@@ -167,7 +167,10 @@ def api_schema(redis_url: str) -> Iterator[BaseSchema]:
     client.flushall()
     client.close()
     app_settings = dataclasses.replace(
-        Settings(), redis_url=redis_url, max_clock_skew_ms=WINDOW_MS, retention_ms=WINDOW_MS
+        Settings(stream_shards=1),
+        redis_url=redis_url,
+        max_clock_skew_ms=WINDOW_MS,
+        retention_ms=WINDOW_MS,
     )
     app = build_app(app_settings)
     config = SchemathesisConfig.from_dict(CONFIG)
@@ -218,7 +221,7 @@ def test_stateful_workflows_pass_every_check(api_schema: BaseSchema, redis_url: 
         # Dead letters for the list -> DELETE link to pick from.
         for _ in range(20):
             entry = dead_letter_fields(b"1700000000000-0", "value: bad", None, "w1", now_ms())
-            client.xadd(Settings().keys.dead_letter, entry)
+            client.xadd(Settings(stream_shards=1).keys.dead_letter, entry)
     finally:
         client.close()
 

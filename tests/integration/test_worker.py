@@ -36,9 +36,11 @@ if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
     from tests.conftest import LocalRedisFactory
 
+# One stream: these tests drive one Worker loop (tests/integration/test_shard_ownership.py and
+# the fault suite cover the default, sharded layout).
 STREAM = Settings().stream_key
 GROUP = Settings().consumer_group
-KEYS = Settings().keys
+KEYS = Settings(stream_shards=1).keys
 BASE_MS = now_ms() - 60_000
 WORKER_BIN = Path(sys.executable).parent / "ingest-worker"
 GRACE_S = 5.0
@@ -47,7 +49,12 @@ GRACE_S = 5.0
 def settings_for(url: str, **changes: object) -> Settings:
     """Fast settings: short blocking reads and reclaim intervals, a known consumer name."""
     fast = Settings(
-        redis_url=url, block_ms=50, claim_interval_ms=20, consumer_name="alive", batch_size=100
+        redis_url=url,
+        block_ms=50,
+        claim_interval_ms=20,
+        consumer_name="alive",
+        batch_size=100,
+        stream_shards=1,
     )
     return replace(fast, **changes)  # type: ignore[arg-type]
 
@@ -337,6 +344,7 @@ def worker_env(**env: str) -> dict[str, str]:
     }
     fast = {
         "INGEST_BLOCK_MS": "100",
+        "INGEST_STREAM_SHARDS": "1",
         "INGEST_WORKER_HTTP_PORT": "0",
         "INGEST_CONSUMER_NAME": "e2e",
         "INGEST_LOG_FORMAT": "json",

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.slow
 
-KEYS = Settings().keys
+KEYS = Settings(stream_shards=1).keys
 ENTRIES = 300
 ENTRY_BYTES = 1_000_000
 RSS_LIMIT_BYTES = 200 * 1024 * 1024
@@ -41,6 +41,7 @@ async def test_300_entries_of_1mb_are_dead_lettered_with_a_bounded_worker_and_re
             "REDIS_URL": server.url,
             "INGEST_WORKER_HTTP_PORT": "0",
             "INGEST_LOG_FORMAT": "json",
+            "INGEST_STREAM_SHARDS": "1",  # the test reads the one stream
             "INGEST_BLOCK_MS": "200",
         }
         log = tmp_path / "worker.log"
@@ -64,7 +65,9 @@ async def test_300_entries_of_1mb_are_dead_lettered_with_a_bounded_worker_and_re
 
         letters = await redis.xrange(KEYS.dead_letter, count=ENTRIES) or []
         memory_after = (await redis.info("memory"))["used_memory"]
-        pending = (await redis.xpending(KEYS.stream, Settings().consumer_group))["pending"]
+        pending = (await redis.xpending(KEYS.stream, Settings(stream_shards=1).consumer_group))[
+            "pending"
+        ]
 
     grown = memory_after - memory_before
     print(f"\n  worker peak RSS {peak / 2**20:.0f} MiB; Redis grew {grown} B")

@@ -28,12 +28,16 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from tests.conftest import LocalRedisFactory
 
-STREAM = Settings().stream_key
+STREAM = Settings(stream_shards=1).stream_key
 
 
 def settings_for(url: str) -> Settings:
     return replace(
-        Settings(), redis_url=url, block_ms=50, claim_interval_ms=20, consumer_name="monitored"
+        Settings(stream_shards=1),
+        redis_url=url,
+        block_ms=50,
+        claim_interval_ms=20,
+        consumer_name="monitored",
     )
 
 

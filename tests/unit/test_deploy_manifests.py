@@ -70,14 +70,19 @@ def test_keda_scales_the_worker_deployment_on_the_groups_lag() -> None:
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     assert scaled["spec"]["scaleTargetRef"]["name"] == "ingest-worker"
     assert scaled["spec"]["minReplicaCount"] >= 1
-    [trigger] = scaled["spec"]["triggers"]
-    assert trigger["type"] == "redis-streams"
-    meta = trigger["metadata"]
-    assert meta["stream"] == Settings().stream_key
-    assert meta["consumerGroup"] == Settings().consumer_group
-    assert int(meta["lagCount"]) > 0
+    # A shard has one worker at a time: more replicas than shards would only stand by.
+    shards = Settings().keys.shards
+    assert scaled["spec"]["maxReplicaCount"] == len(shards)
+    triggers = scaled["spec"]["triggers"]
+    # One trigger per shard stream of the default layout, each on the group's lag.
+    assert sorted(t["metadata"]["stream"] for t in triggers) == sorted(s.stream for s in shards)
     worker_env = {e["name"] for e in container(by_kind("Deployment", "ingest-worker"))["env"]}
-    assert meta["addressFromEnv"] in worker_env
+    for trigger in triggers:
+        assert trigger["type"] == "redis-streams"
+        meta = trigger["metadata"]
+        assert meta["consumerGroup"] == Settings().consumer_group
+        assert int(meta["lagCount"]) > 0
+        assert meta["addressFromEnv"] in worker_env
 
 
 def test_compose_restarts_services_and_checks_the_workers_health_endpoint() -> None:

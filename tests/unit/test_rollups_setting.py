@@ -118,8 +118,11 @@ def test_every_rollup_shares_its_raw_series_hash_tag(
     metric: str, source: str, rollup: Rollup
 ) -> None:
     keys = Settings(rollups=(rollup,)).keys
-    assert hash_tag(keys.rollup_of(metric, rollup)) == hash_tag(keys.raw(metric))
+    shard = keys.shard_of_source(source)
+    raw = keys.metric_raw(metric, shard)
+    for part in keys.partial_rollups:
+        assert hash_tag(keys.metric_rollup_of(metric, shard, part)) == hash_tag(raw)
+        assert keys.metric_rollup_of(metric, shard, part) != raw
     source_rollup = keys.source_rollup_of(metric, source, rollup)
     assert hash_tag(source_rollup) == hash_tag(keys.source_raw(metric, source))
-    assert keys.rollup_of(metric, rollup) != keys.raw(metric)
     assert source_rollup.endswith(f":{rollup.name}")

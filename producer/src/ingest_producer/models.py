@@ -96,7 +96,9 @@ class Point(Base):
 class MetricSummary(Base):
     """Latest raw sample and latest closed rollup bucket of one metric; null until there is one.
 
-    ``rollup`` is the first configured rollup; ``rollups`` has every one by name (avg_60000)."""
+    ``rollup`` is the first configured rollup; ``rollups`` has every one by name (avg_60000).
+    Buckets are merged exactly across the metric's per-shard series; first, last and std.p
+    rollups cannot be and are null."""
 
     metric: str
     raw: Point | None
@@ -161,7 +163,8 @@ class AccessInfo(Base):
 
 class MetricInfo(Base):
     """One metric: its sources (the list only when there are at most 50), its latest raw
-    sample (per-metric series) and the latest closed bucket of each configured rollup."""
+    sample (per-metric series) and the latest closed bucket of each configured rollup, merged
+    exactly across the metric's per-shard series (first, last and std.p cannot be: null)."""
 
     metric: str
     sourceCount: int

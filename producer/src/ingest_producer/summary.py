@@ -3,8 +3,9 @@
 No ``from __future__ import annotations`` here: Litestar reads handler annotations at runtime.
 """
 
+import asyncio
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import get
 from litestar.handlers import HTTPRouteHandler
@@ -22,6 +23,8 @@ from ingest_producer.models import (
     Summary,
 )
 from ingest_producer.openapi import ParameterOperation
+from ingest_producer.reading import partials
+from ingest_producer.reading.replies import Sample
 from ingest_shared import keys as k
 from ingest_shared.keys import Keys
 from ingest_shared.redis_client import RedisClient, call
@@ -29,7 +32,6 @@ from ingest_shared.schema import now_ms
 
 # Replies that mean "nothing there yet" rather than a failure.
 _NO_GROUP = "NOGROUP"
-_NO_SERIES = "does not exist"
 _NO_KEY = "no such key"
 # The queue commands read_summary sends per shard.
 _SHARD_REPLIES = 6
@@ -48,9 +50,14 @@ def query_routes(redis: RedisClient, keys: Keys, group: str) -> list[HTTPRouteHa
             "`queue.lag`: entries not yet delivered to the group (null when Redis cannot tell); "
             "`queue.oldestPendingAgeMs`: age of the oldest unacknowledged entry (null when none); "
             "`queue.consumers`: each consumer's pending count and idle time. Per metric, "
-            "`rollup` is the first configured rollup's latest closed bucket and `rollups` has "
-            "every configured rollup by name. Two Redis round trips whatever the number of "
-            "metrics."
+            "`raw` is its newest sample; `rollup` is the first configured rollup's latest "
+            "closed bucket and `rollups` has every configured rollup by name. Each shard "
+            "keeps its own part of a metric's series: a bucket is the newest one any shard "
+            "has closed, merged exactly across shards (avg is the sum of every shard's sums "
+            "over the sum of their counts; shards still filling that bucket count too). "
+            "`first`, `last` and `std.p` rollups cannot be merged across shards and are "
+            "always null. Two Redis round trips in sequence whatever the number of metrics, "
+            "shards or devices."
         ),
     )
     async def summary() -> Summary:
@@ -73,25 +80,52 @@ def query_routes(redis: RedisClient, keys: Keys, group: str) -> list[HTTPRouteHa
 
 
 async def read_summary(redis: RedisClient, keys: Keys, group: str) -> Summary:
-    """Two round trips whatever the number of metrics and shards: queue counters (of every
-    shard, summed), then every TS.GET. On a cluster each is one pipeline per node, at once."""
-    shards = keys.shards
+    """Two round trips in sequence whatever the number of metrics, shards and devices: the
+    queue counters (of every shard, summed) at the same time as the metrics' latest values
+    (``reading.partials``, which takes two). On a cluster each is one pipeline per node."""
+    (members, *replies), latest = await asyncio.gather(
+        _queue_replies(redis, keys, group), partials.read_latest((redis,), keys)
+    )
+    queue = _queue(keys, group, replies)
+    if isinstance(members, Exception):
+        raise members
+    metrics = sorted(m.decode(errors="replace") for m in members)
+    rollups = keys.rollups
+    summaries = []
+    for metric in metrics:
+        found = latest.get(metric, partials.NOTHING)
+        by_name = {rollup.name: _point(found.rollups.get(rollup.name)) for rollup in rollups}
+        summaries.append(
+            MetricSummary(metric, _point(found.raw), by_name[rollups[0].name], by_name)
+        )
+    return Summary(queue, summaries)
+
+
+async def _queue_replies(redis: RedisClient, keys: Keys, group: str) -> list[Any]:
+    """The metrics set, then :data:`_SHARD_REPLIES` queue replies per shard (errors as
+    values), in one pipeline."""
     pipe = redis.pipeline(transaction=False)
     pipe.smembers(keys.metrics)
-    for shard in shards:
+    for shard in keys.shards:
         pipe.xlen(shard.stream)
         pipe.xpending(shard.stream, group)
         pipe.xlen(shard.dead_letter)
         pipe.execute_command("XINFO", "STREAM", shard.stream)
         pipe.xinfo_groups(shard.stream)
         pipe.xinfo_consumers(shard.stream, group)
-    members, *replies = await pipe.execute(raise_on_error=False)
+    replies: list[Any] = await pipe.execute(raise_on_error=False)
+    return replies
+
+
+def _queue(keys: Keys, group: str, replies: list[Any]) -> QueueSummary:
+    """The queue counters of every shard, summed, from :func:`_queue_replies`."""
+    shards = keys.shards
     per_shard = [replies[i * _SHARD_REPLIES : (i + 1) * _SHARD_REPLIES] for i in range(len(shards))]
     now = now_ms()
     lags = [_lag(groups, group) for _, _, _, _, groups, _ in per_shard]
     ages = [_oldest_pending_age(pending, now) for _, pending, *_ in per_shard]
     known_ages = [age for age in ages if age is not None]
-    queue = QueueSummary(
+    return QueueSummary(
         total=sum(_count(total) for total, *_ in per_shard),
         pending=sum(_pending_count(pending) for _, pending, *_ in per_shard),
         dead_lettered=sum(_count(dead) for _, _, dead, *_ in per_shard),
@@ -100,25 +134,6 @@ async def read_summary(redis: RedisClient, keys: Keys, group: str) -> Summary:
         oldestPendingAgeMs=max(known_ages) if known_ages else None,
         consumers=_merged([c for *_, consumers in per_shard for c in _consumers(consumers)]),
     )
-    if isinstance(members, Exception):
-        raise members
-    metrics = sorted(m.decode(errors="replace") for m in members)
-    if not metrics:
-        return Summary(queue, [])
-    rollups = keys.rollups
-    pipe = redis.pipeline(transaction=False)
-    for metric in metrics:
-        pipe.execute_command("TS.GET", keys.raw(metric))
-        for rollup in rollups:
-            pipe.execute_command("TS.GET", keys.rollup_of(metric, rollup))
-    latest = await pipe.execute(raise_on_error=False)
-    per_metric = 1 + len(rollups)
-    summaries = []
-    for i, metric in enumerate(metrics):
-        raw, *rolled = (_point(r) for r in latest[i * per_metric : (i + 1) * per_metric])
-        by_name = {rollup.name: point for rollup, point in zip(rollups, rolled, strict=True)}
-        summaries.append(MetricSummary(metric, raw, rolled[0], by_name))
-    return Summary(queue, summaries)
 
 
 async def read_recent(redis: RedisClient, keys: Keys, count: int) -> list[RecentEntry]:
@@ -260,13 +275,5 @@ def _pending_count(reply: object) -> int:
     return int(reply["pending"])
 
 
-def _point(reply: object) -> Point | None:
-    """A TS.GET reply: [timestamp, value], [] for an empty series; errors for a missing one."""
-    if isinstance(reply, ResponseError) and _NO_SERIES in str(reply):
-        return None
-    if isinstance(reply, Exception):
-        raise reply
-    if not isinstance(reply, list | tuple) or len(reply) != 2:
-        return None
-    timestamp, value = reply
-    return Point(int(timestamp), float(value))
+def _point(sample: Sample | None) -> Point | None:
+    return None if sample is None else Point(*sample)

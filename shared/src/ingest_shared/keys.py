@@ -1,7 +1,16 @@
 """The only place Redis key names and stream field names are built.
 
-Series keys put ``{metric}`` or ``{metric|source}`` in a hash tag so a raw series and its
-rollups always share a slot on Redis Cluster (TS.CREATERULE needs both on one node).
+Series keys put a hash tag in every name so a raw series and its rollups always share a slot
+on Redis Cluster (TS.CREATERULE needs both on one node).
+
+Every series has one writer: the worker that owns its shard. A device's series
+(``{metric|source}``, on a cluster ``{<shard tag>}:metric|source``) gets samples from its
+source's shard only. The per-metric (fleet) series is split the same way: one *partial* per
+shard (``{<shard tag>}:metric``), written by that shard's owner alone, carrying the rollups
+that merge exactly across partials (:func:`partial_rollups`); the reading side merges them.
+Two workers writing one series interleave their batches, and every interleaved sample is an
+upsert that makes RedisTimeSeries recompute the open rollup bucket (measured: Redis CPU per
+event 7.4 us with one worker, 14.4 with two and 18.0 with four on one shared series).
 
 Every key the services touch starts with one prefix (``INGEST_KEY_PREFIX``, ``telemetry:``),
 so one ACL pattern (``~telemetry:*``) covers them; keys the append function touches with the
@@ -38,6 +47,8 @@ DL_FAILED_AT = "failedAt"
 LABEL_METRIC = "metric"
 LABEL_SOURCE = "source"
 LABEL_KIND = "kind"
+# On per-metric partials: the index of the shard that writes it.
+LABEL_SHARD = "shard"
 KIND_RAW = "raw"
 KIND_ROLLUP = "rollup"
 KIND_SOURCE_RAW = "source-raw"
@@ -48,6 +59,17 @@ LABEL_BUCKET_MS = "bucketMs"
 
 # The aggregations a rollup (INGEST_ROLLUPS) or a range query may use.
 AGGREGATIONS = ("avg", "min", "max", "sum", "count", "first", "last", "range", "std.p")
+# What an aggregation over many series is merged from: per-series parts that combine exactly
+# (an average is sum of sums / sum of counts, never an average of averages). first, last and
+# std.p have no such parts: they cannot be merged across devices or shards.
+MERGE_PARTS: dict[str, tuple[str, ...]] = {
+    "avg": ("sum", "count"),
+    "sum": ("sum",),
+    "count": ("count",),
+    "min": ("min",),
+    "max": ("max",),
+    "range": ("max", "min"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +87,16 @@ class Rollup:
 
 # The tutorial's one rollup (INGEST_ROLLUPS unset: avg over INGEST_ROLLUP_BUCKET_MS).
 DEFAULT_ROLLUPS = (Rollup("avg", 60_000),)
+
+
+def partial_rollups(rollups: tuple[Rollup, ...]) -> tuple[Rollup, ...]:
+    """The rollups a per-metric partial carries for the configured ``rollups``: each one's
+    :data:`MERGE_PARTS`, once (``avg:60000`` gives ``sum_60000`` and ``count_60000``)."""
+    parts: dict[Rollup, None] = {}
+    for rollup in rollups:
+        for agg in MERGE_PARTS.get(rollup.agg, ()):
+            parts[Rollup(agg, rollup.bucket_ms)] = None
+    return tuple(parts)
 
 
 class StreamKeys(Protocol):
@@ -190,17 +222,35 @@ class Keys:
         """A key that never exists, for probing that the TimeSeries commands are there."""
         return f"{self.prefix}probe:timeseries"
 
+    @property
+    def legacy(self) -> bool:
+        """One stream on one node: every key keeps the name of the releases before sharding."""
+        return self.stream_shards == 1 and not self.cluster
+
+    @property
+    def partial_rollups(self) -> tuple[Rollup, ...]:
+        """The rollups of every per-metric partial (:func:`partial_rollups`)."""
+        return partial_rollups(self.rollups)
+
     def raw(self, metric: str) -> str:
-        """The per-metric raw series (the tutorial's series: all sources together)."""
+        """The tutorial's per-metric raw series name (all sources together): since sharding,
+        the partial of the only shard of the unsharded layout, and where earlier releases kept
+        a metric's samples."""
         return f"{self.series_prefix}:{{{metric}}}:raw"
 
-    def rollup(self, metric: str) -> str:
-        """The per-metric series of the first rollup, fed by a TS.CREATERULE on :meth:`raw`."""
-        return self.rollup_of(metric, self.rollups[0])
+    def _metric_part(self, metric: str, shard: Shard) -> str:
+        if self.legacy:
+            return f"{self.series_prefix}:{{{metric}}}"
+        return f"{self.series_prefix}:{{{shard.tag}}}:{metric}"
 
-    def rollup_of(self, metric: str, rollup: Rollup) -> str:
-        """The per-metric series of ``rollup`` (same hash tag as :meth:`raw`)."""
-        return f"{self.series_prefix}:{{{metric}}}:{rollup.name}"
+    def metric_raw(self, metric: str, shard: Shard) -> str:
+        """``shard``'s partial of the per-metric series: written by the shard's owner only,
+        in the shard's slot (so a shard's batch is one TS.MADD on a cluster)."""
+        return f"{self._metric_part(metric, shard)}:raw"
+
+    def metric_rollup_of(self, metric: str, shard: Shard, rollup: Rollup) -> str:
+        """The series of ``rollup`` (one of :attr:`partial_rollups`) of a partial."""
+        return f"{self._metric_part(metric, shard)}:{rollup.name}"
 
     def _device(self, metric: str, source: str) -> str:
         """The per-device part of a series key: ``{metric|source}`` (a slot per device), or on a

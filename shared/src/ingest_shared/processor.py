@@ -25,6 +25,7 @@ from ingest_shared.timeseries import (
     madd_command,
     madd_commands_by_slot,
     packed_pair,
+    series_pair,
 )
 
 if TYPE_CHECKING:
@@ -284,23 +285,24 @@ class BatchProcessor:
             known.clear()
             self._slots.clear()
             new = {(s.metric, s.source) for s in samples}
-        await ensure_series(self._redis, self._keys, self._layout, new)
+        await ensure_series(self._redis, self._keys, self._layout, new, self._shard)
         self._remember(new)
 
     def _remember(self, pairs: set[tuple[str, str]]) -> None:
+        keys, shard = self._keys, self._shard
         for metric, source in pairs:
-            self._known.setdefault(metric, {})[source] = packed_pair(self._keys, metric, source)
+            self._known.setdefault(metric, {})[source] = packed_pair(keys, metric, source, shard)
 
     async def _store_one_by_one(self, samples: list[tuple[bytes, Sample]]) -> dict[bytes, str]:
         """Slow path: recreate missing series, then TS.ADD ... ON_DUPLICATE LAST each sample."""
         pairs = {(s.metric, s.source) for _, s in samples}
         for pair in pairs:
             self._known.get(pair[0], {}).pop(pair[1], None)
-        await ensure_series(self._redis, self._keys, self._layout, pairs)
+        await ensure_series(self._redis, self._keys, self._layout, pairs, self._shard)
         self._remember(pairs)
         pipe = self._redis.pipeline(transaction=False)
         for _, (metric, source, ts, value) in samples:
-            for key in (self._keys.raw(metric), self._keys.source_raw(metric, source)):
+            for key in series_pair(self._keys, metric, source, self._shard):
                 pipe.execute_command("TS.ADD", key, ts, value, "ON_DUPLICATE", "LAST")
         results = await pipe.execute(raise_on_error=False)
         rejected: dict[bytes, str] = {}

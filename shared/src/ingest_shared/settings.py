@@ -44,7 +44,9 @@ class Settings:
     key_prefix: str = "telemetry:"
     # auto: detected at the entry point (INFO cluster) and replaced by what was found.
     redis_mode: str = "standalone"
-    stream_shards: int = 1
+    # Eight streams, each owned by one worker at a time: up to 8 workers share the load with
+    # one writer per series (1 keeps the unsharded names of earlier releases).
+    stream_shards: int = 8
     consumer_idle_cleanup_ms: int = 3_600_000
     rollup_bucket_ms: int = 60_000
     retention_ms: int = 86_400_000

@@ -115,10 +115,26 @@ async def append_dead_letters(
     await pipe.execute(raise_on_error=True)
 
 
+_NO_SUCH_KEY = "no such key"
+
+
 async def check_layout(redis: RedisClient, keys: Keys) -> None:
     """Record the stream layout in use the first time; raise ConfigurationError if Redis holds
-    another one (the number of shards cannot change under running data: a migration)."""
+    another one (the number of shards cannot change under running data: a migration).
+
+    Releases before sharding recorded nothing: their one stream (the unsharded name) still
+    holding entries no worker has finished counts as that layout."""
     layout = {"shards": str(len(keys.shards)), "cluster": "1" if keys.cluster else "0"}
+    if not keys.legacy and not await redis.hgetall(keys.layout):
+        unfinished = await unfinished_entries(redis, keys.stream)
+        if unfinished:
+            msg = (
+                f"INGEST_STREAM_SHARDS={layout['shards']} but the unsharded stream "
+                f"{keys.stream!r} of an earlier release still holds {unfinished} entries no "
+                "worker has finished: drain it first with INGEST_STREAM_SHARDS=1 (lag and "
+                "pending 0), then start with the new setting (README: Scaling out, Upgrading)"
+            )
+            raise ConfigurationError(msg)
     pipe = redis.pipeline(transaction=False)
     for name, value in layout.items():
         pipe.hsetnx(keys.layout, name, value)
@@ -130,6 +146,26 @@ async def check_layout(redis: RedisClient, keys: Keys) -> None:
             f"INGEST_STREAM_SHARDS={layout['shards']} (cluster {layout['cluster']}) but Redis "
             f"holds the layout {found} in {keys.layout}: changing the number of shards is a "
             "migration. Drain the old streams with the old setting (lag and pending 0), then "
-            f"DEL {keys.layout} and start with the new one"
+            f"DEL {keys.layout} and start with the new one (README: Scaling out, Upgrading)"
         )
         raise ConfigurationError(msg)
+
+
+async def unfinished_entries(redis: RedisClient, stream: str) -> int:
+    """Entries of ``stream`` some group has not read or not acknowledged (every entry when it
+    has no group); 0 when there is no stream at that key. Only commands every role may run."""
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError as exc:
+        if _NO_SUCH_KEY in str(exc) or str(exc).startswith("WRONGTYPE"):
+            return 0
+        raise
+    if not groups:
+        return int(await redis.xlen(stream))
+    unfinished = 0
+    for group in groups:
+        lag = group.get("lag")
+        if lag is None:  # unknown after deletions: count what the stream holds
+            lag = await redis.xlen(stream)
+        unfinished = max(unfinished, int(lag) + int(group.get("pending") or 0))
+    return unfinished

@@ -1,8 +1,9 @@
 """RedisTimeSeries layout: which series exist for a (metric, source), and how samples are written.
 
-Every reading goes to two raw series in the same command: the tutorial's per-metric series and a
-per-(metric, source) series. Each raw series has one rollup series per configured rollup
-(``Keys.rollups``, INGEST_ROLLUPS), each fed by a TS.CREATERULE.
+Every reading goes to two raw series in the same command: its shard's partial of the per-metric
+series and a per-(metric, source) series (``ingest_shared.keys``). A device's raw series has
+one rollup series per configured rollup (``Keys.rollups``, INGEST_ROLLUPS), a partial one per
+part those merge from (``Keys.partial_rollups``), each fed by a TS.CREATERULE.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ingest_shared.schema import Base
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from ingest_shared.keys import Keys
+    from ingest_shared.keys import Keys, Shard
     from ingest_shared.redis_client import RedisClient
 
 # The exact errors that mean "already set up"; anything else from setup is a real failure.
@@ -30,7 +31,7 @@ RULE_EXISTS = "TSDB: the destination key already has a src rule"
 # the default BLOCK policy by someone else, or a series deleted under a running worker.
 RETRYABLE_SAMPLE_ERRORS = ("DUPLICATE_POLICY is set to BLOCK", "the key is not a TSDB key")
 
-# The per-metric and per-(metric, source) raw series keys of one reading, as bytes.
+# The per-metric partial and per-(metric, source) raw series keys of one reading, as bytes.
 SeriesPair: TypeAlias = tuple[bytes, bytes]
 # The same two keys, each already packed as a RESP bulk string (``$<len>\r\n<key>\r\n``).
 PackedPair: TypeAlias = tuple[bytes, bytes]
@@ -59,22 +60,25 @@ def _create_args(key: str, retention_ms: int, labels: Sequence[str]) -> list[str
 
 
 def setup_commands(
-    keys: Keys, layout: SeriesLayout, metric: str, source: str | None
+    keys: Keys, layout: SeriesLayout, metric: str, source: str | None, shard: Shard
 ) -> list[list[str | int]]:
-    """TS.CREATE raw, then TS.CREATE + TS.CREATERULE per rollup: for a metric (source None)
-    or a pair. Rollups no longer configured are left alone; missing ones are added."""
+    """TS.CREATE raw, then TS.CREATE + TS.CREATERULE per rollup: for ``shard``'s partial of a
+    metric (source None) or a pair. Rollups no longer configured are left alone; missing ones
+    are added."""
     if source is None:
-        raw = keys.raw(metric)
-        name_labels = [k.LABEL_METRIC, metric]
+        raw = keys.metric_raw(metric, shard)
+        name_labels = [k.LABEL_METRIC, metric, k.LABEL_SHARD, str(shard.index)]
         raw_kind, rollup_kind = k.KIND_RAW, k.KIND_ROLLUP
+        rollups = keys.partial_rollups
     else:
         raw = keys.source_raw(metric, source)
         name_labels = [k.LABEL_METRIC, metric, k.LABEL_SOURCE, source]
         raw_kind, rollup_kind = k.KIND_SOURCE_RAW, k.KIND_SOURCE_ROLLUP
+        rollups = keys.rollups
     commands = [_create_args(raw, layout.retention_ms, [*name_labels, k.LABEL_KIND, raw_kind])]
-    for rollup in keys.rollups:
+    for rollup in rollups:
         if source is None:
-            key = keys.rollup_of(metric, rollup)
+            key = keys.metric_rollup_of(metric, shard, rollup)
         else:
             key = keys.source_rollup_of(metric, source, rollup)
         labels = [
@@ -92,9 +96,14 @@ def setup_commands(
 
 
 async def ensure_series(
-    redis: RedisClient, keys: Keys, layout: SeriesLayout, pairs: Iterable[tuple[str, str]]
+    redis: RedisClient,
+    keys: Keys,
+    layout: SeriesLayout,
+    pairs: Iterable[tuple[str, str]],
+    shard: Shard,
 ) -> None:
-    """Create the series, rollups and rules for ``pairs`` (metric, source) in one round trip.
+    """Create the series, rollups and rules for ``pairs`` (metric, source) read from
+    ``shard``, with the shard's partial of each metric, in one round trip.
 
     Idempotent: tolerates exactly the two "already exists" errors; raises anything else.
     """
@@ -103,9 +112,9 @@ async def ensure_series(
     for metric, source in pairs:
         if metric not in metrics:
             metrics.add(metric)
-            for args in setup_commands(keys, layout, metric, None):
+            for args in setup_commands(keys, layout, metric, None, shard):
                 pipe.execute_command(*args)
-        for args in setup_commands(keys, layout, metric, source):
+        for args in setup_commands(keys, layout, metric, source, shard):
             pipe.execute_command(*args)
     if not metrics:
         return
@@ -115,14 +124,14 @@ async def ensure_series(
             raise result
 
 
-def series_pair(keys: Keys, metric: str, source: str) -> SeriesPair:
-    """The two raw series keys one reading is written to, encoded for the wire."""
-    return keys.raw(metric).encode(), keys.source_raw(metric, source).encode()
+def series_pair(keys: Keys, metric: str, source: str, shard: Shard) -> SeriesPair:
+    """The two raw series keys one reading of ``shard`` is written to, encoded for the wire."""
+    return keys.metric_raw(metric, shard).encode(), keys.source_raw(metric, source).encode()
 
 
-def packed_pair(keys: Keys, metric: str, source: str) -> PackedPair:
+def packed_pair(keys: Keys, metric: str, source: str, shard: Shard) -> PackedPair:
     """The two raw series keys of a reading as :func:`madd_command` writes them."""
-    raw, source_raw = series_pair(keys, metric, source)
+    raw, source_raw = series_pair(keys, metric, source, shard)
     return bulk(raw), bulk(source_raw)
 
 

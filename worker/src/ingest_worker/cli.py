@@ -105,10 +105,10 @@ class Runner(Protocol):
 
 
 def runner_for(redis: RedisClient, settings: Settings, heartbeat: Heartbeat) -> Runner:
-    """One Worker on the only stream, or, with shards, the workers of the shards it wins."""
-    keys = settings.keys
-    if len(keys.shards) == 1:
-        return Worker(redis, create_processor(redis, settings), settings, heartbeat)
+    """The workers of the shards this process wins (one stream: a standby unless it wins it).
+
+    Even with one shard only its owner writes: two workers on one stream would interleave
+    their batches in every series they share."""
 
     def shard_worker(shard: Shard) -> Worker:
         return Worker(redis, create_processor(redis, settings, shard), settings, heartbeat, shard)

@@ -44,6 +44,7 @@ from ingest_shared.timeseries import check_timeseries
 from ingest_worker import metrics
 from ingest_worker.backoff import Backoff
 from ingest_worker.monitor import Heartbeat
+from ingest_worker.outage import Outage
 from ingest_worker.reader import StreamReader
 from ingest_worker.reclaim import Reclaimer, over_delivered
 from ingest_worker.stats import Throughput
@@ -64,8 +65,6 @@ UNEXPECTED_ERROR_DELAY_S = 5.0
 PENDING_RECHECK_DELAYS_S = (0.0, 1.0)
 # How often each worker removes consumers that died with nothing pending.
 CONSUMER_CLEANUP_INTERVAL_S = 60.0
-# While Redis stays unreachable: one warning when it starts, then a reminder this often.
-OUTAGE_REMINDER_INTERVAL_S = 60.0
 # Error codes that mean the deployment, not the moment, is wrong.
 _FATAL_CODES = ("WRONGTYPE",)
 # The stream or the group is gone (Redis restarted empty, flushed, failed over): rebuild it.
@@ -119,8 +118,7 @@ class Worker:
         self._group_missing = False
         self._recoveries_in_a_row = 0
         self._disturbed = False  # a transient failure since the last successful step
-        self._outage_since: float | None = None
-        self._next_reminder_at = 0.0
+        self._outage = Outage()
         self._pending_checks: list[float] = []  # monotonic times to re-read own pending
         self._batch_seq = 0
         self._prefetched: list[Entry] = []  # the next batch, read while the last was stored
@@ -390,9 +388,7 @@ class Worker:
             self._disturbed = False
             now = time.monotonic()
             self._pending_checks = [now + delay for delay in PENDING_RECHECK_DELAYS_S]
-            if self._outage_since is not None:
-                log.info("redis_available_again", down_for_s=round(now - self._outage_since, 1))
-                self._outage_since = None
+            self._outage.recovered()
 
     def _report_transient(self, step: str, exc: Exception, delay: float) -> None:
         """One line when an outage starts, then a reminder per interval (not one per retry)."""
@@ -402,23 +398,7 @@ class Worker:
             # Not an outage: Redis answers, but refuses writes until memory is freed.
             log.error("redis_out_of_memory", step=step, commands=commands, retry_in_s=delay)
             return
-        now = time.monotonic()
-        if self._outage_since is None:
-            self._outage_since = now
-            self._next_reminder_at = now + OUTAGE_REMINDER_INTERVAL_S
-            log.warning(
-                "redis_unavailable", step=step, commands=commands, error=str(exc), retry_in_s=delay
-            )
-        elif now >= self._next_reminder_at:
-            self._next_reminder_at = now + OUTAGE_REMINDER_INTERVAL_S
-            log.warning(
-                "redis_still_unavailable",
-                step=step,
-                error=str(exc),
-                down_for_s=round(now - self._outage_since, 1),
-            )
-        else:
-            log.debug("redis_retry", step=step, error=str(exc), retry_in_s=delay)
+        self._outage.failed(step, commands, exc, delay)
 
     async def _recreate_group(self, step: str) -> None:
         """Recreate the missing group at ID 0 (MKSTREAM) and reload the function library."""
@@ -444,24 +424,9 @@ class Worker:
         )
 
     def _raise_if_fatal(self, exc: Exception) -> None:
-        if isinstance(exc, ConfigurationError):
-            raise exc
-        if isinstance(exc, AuthenticationError | NoPermissionError):
-            msg = f"Redis refused this worker's credentials or ACL: {exc}"
-            raise ConfigurationError(msg) from exc
-        if (tls := tls_failure(exc)) is not None:
-            # Like refused credentials: retrying the same certificates cannot help.
-            msg = f"TLS to Redis failed: {tls}"
-            raise ConfigurationError(msg) from exc
-        if isinstance(exc, MovedError):
-            msg = (
-                f"Redis answered MOVED ({exc}): REDIS_URL names a Redis Cluster node, and this "
-                "worker runs in single-node mode"
-            )
-            raise ConfigurationError(msg) from exc
-        if isinstance(exc, ResponseError) and str(exc).startswith(_FATAL_CODES):
-            msg = f"stream {self._stream!r} holds another type of value: {exc}"
-            raise ConfigurationError(msg) from exc
+        fatal = configuration_error(exc, self._stream)
+        if fatal is not None:
+            raise fatal from exc
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep ``seconds``; False (at once) if a stop is requested meanwhile."""
@@ -470,6 +435,25 @@ class Worker:
         except TimeoutError:
             return True
         return False
+
+
+def configuration_error(exc: Exception, stream: str) -> ConfigurationError | None:
+    """What ``exc`` says is wrong with the deployment (retrying cannot help), or None."""
+    if isinstance(exc, ConfigurationError):
+        return exc
+    if isinstance(exc, AuthenticationError | NoPermissionError):
+        return ConfigurationError(f"Redis refused this worker's credentials or ACL: {exc}")
+    if (tls := tls_failure(exc)) is not None:
+        # Like refused credentials: retrying the same certificates cannot help.
+        return ConfigurationError(f"TLS to Redis failed: {tls}")
+    if isinstance(exc, MovedError):
+        return ConfigurationError(
+            f"Redis answered MOVED ({exc}): REDIS_URL names a Redis Cluster node, and this "
+            "worker runs in single-node mode"
+        )
+    if isinstance(exc, ResponseError) and str(exc).startswith(_FATAL_CODES):
+        return ConfigurationError(f"stream {stream!r} holds another type of value: {exc}")
+    return None
 
 
 def _group_gone(exc: Exception) -> bool:

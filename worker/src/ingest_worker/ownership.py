@@ -1,14 +1,22 @@
-"""Which worker runs which stream shard, with no configuration (``INGEST_STREAM_SHARDS`` > 1).
+"""Which worker runs which stream shard, with no configuration.
+
+A shard has one owner at a time, so every series has one writer (``ingest_shared.keys``):
+two workers writing one series would interleave their batches into upserts, each of which
+makes RedisTimeSeries recompute the open rollup bucket. Workers beyond the number of shards
+wait as standbys.
 
 Every worker heartbeats in one sorted set; the live ones are those seen within a third of
-``INGEST_CLAIM_IDLE_MS``. Each shard's owner is the live worker with the highest rendezvous
-score (a hash of worker id and shard): adding or removing a worker moves only the shards it
-wins or held, and no two workers need to agree on anything but the set. Ownership is held with
-a lease per shard (a key in the shard's slot, with a TTL of half the claim time, renewed every
-tick), so a shard is never run by two workers, and a dead worker's shards get a new owner
-within ``INGEST_CLAIM_IDLE_MS``; that owner's loop reclaims the dead consumer's entries.
+``INGEST_CLAIM_IDLE_MS`` (at least 3 s). Shards are dealt by rendezvous hashing with bounded load
+(:func:`assign`): each shard goes to the live worker with the highest score (a hash of worker
+id and shard) that holds fewer than its fair share, so the shards spread evenly, every worker
+computes the same deal from the same set, and a worker joining or leaving moves few shards.
+Ownership is held with a lease per shard (a key in the shard's slot, with a TTL of half the
+claim time and at least 3 s, renewed every tick): a shard is never run by two workers. A
+worker giving a shard up finishes its batch in hand and releases the lease, so the next owner
+starts within a tick; a dead worker's shards get a new owner when their leases expire, and
+that owner's loop reclaims the dead consumer's entries.
 
-Each owned shard runs today's :class:`~ingest_worker.daemon.Worker` loop on its own keys.
+Each owned shard runs its own :class:`~ingest_worker.daemon.Worker` loop on its own keys.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from ingest_shared.functions import hold_lease, release_lease
 from ingest_shared.keys import stable_hash
 from ingest_shared.redis_client import call
 from ingest_shared.streams import is_transient
+from ingest_worker.daemon import configuration_error
+from ingest_worker.outage import Outage
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -34,12 +44,50 @@ if TYPE_CHECKING:
     from ingest_worker.daemon import Worker
 
 TICK_S = 1.0
+# A heartbeat or lease must survive a few ticks (a tick waits TICK_S plus its own round
+# trips): with one tick of slack, a busy worker was seen dropping out of the live set for a
+# tick and its shards dealt away and back.
+MIN_LIVE_MS = MIN_LEASE_MS = 3_000
+_TICK_COMMANDS = "ZADD, ZRANGE, FCALL ingest_lease"
 log = structlog.get_logger("ingest_worker")
+
+
+def live_ms(settings: Settings) -> int:
+    """How long a worker counts as live after its last heartbeat."""
+    return max(MIN_LIVE_MS, settings.claim_idle_ms // 3)
+
+
+def lease_ms(settings: Settings) -> int:
+    """How long a shard's lease lasts unless renewed (a dead worker's shards wait this long)."""
+    return max(MIN_LEASE_MS, settings.claim_idle_ms // 2)
 
 
 def owner_of(shard: Shard, workers: Sequence[str]) -> str | None:
     """The rendezvous winner for ``shard`` among ``workers`` (None without workers)."""
     return max(workers, key=lambda worker: stable_hash(f"{worker}|{shard.tag}"), default=None)
+
+
+def assign(shards: Sequence[Shard], workers: Sequence[str]) -> dict[str, str]:
+    """Each shard's owner (by tag) among ``workers``: rendezvous hashing with bounded load.
+
+    In shard order, each shard goes to its highest-scoring worker that holds fewer than
+    ``ceil(len(shards) / len(workers))`` shards: no worker gets more than its fair share
+    (plain rendezvous hashing gave one of two workers 6 of 8 shards), and the result depends
+    only on the set of workers, so every worker computes the same one.
+    """
+    if not workers:
+        return {}
+    cap = -(-len(shards) // len(workers))
+    held = dict.fromkeys(workers, 0)
+    owners: dict[str, str] = {}
+    for shard in shards:
+        ranked = sorted(workers, key=lambda worker: stable_hash(f"{worker}|{shard.tag}"))
+        for worker in reversed(ranked):
+            if held[worker] < cap:
+                owners[shard.tag] = worker
+                held[worker] += 1
+                break
+    return owners
 
 
 class ShardOwnership:
@@ -57,9 +105,10 @@ class ShardOwnership:
         self._me = settings.consumer_name
         self._make_worker = make_worker
         self._on_tick = on_tick
-        self._live_ms = max(1_000, settings.claim_idle_ms // 3)
-        self._lease_ms = max(2_000, settings.claim_idle_ms // 2)
+        self._live_ms = live_ms(settings)
+        self._lease_ms = lease_ms(settings)
         self._running: dict[str, tuple[Worker, asyncio.Task[None]]] = {}
+        self._outage = Outage()
         self.stop_requested = asyncio.Event()
 
     def stop(self) -> None:
@@ -81,11 +130,16 @@ class ShardOwnership:
                 try:
                     await self._tick()
                 except Exception as exc:
+                    fatal = configuration_error(exc, self._keys.workers)
+                    if fatal is not None:
+                        raise fatal from exc
                     if not is_transient(exc):
                         raise
                     # Leases run out meanwhile if Redis stays away; the loops back off on
                     # their own, and the next tick takes the shards back.
-                    log.warning("ownership_tick_failed", error=str(exc))
+                    self._outage.failed("ownership", _TICK_COMMANDS, exc, TICK_S)
+                else:
+                    self._outage.recovered()
                 self._raise_if_a_loop_failed()
                 self._on_tick()
                 with contextlib.suppress(TimeoutError):
@@ -101,8 +155,9 @@ class ShardOwnership:
         pipe.zrange(self._keys.workers, 0, -1)
         *_, members = await pipe.execute()
         live = sorted(member.decode() for member in members)
+        owners = assign(self._keys.shards, live)
         for shard in self._keys.shards:
-            wanted = owner_of(shard, live) == self._me
+            wanted = owners.get(shard.tag) == self._me
             running = shard.tag in self._running
             if wanted:
                 held = await hold_lease(self._redis, shard.lease(), self._me, self._lease_ms)

@@ -23,13 +23,13 @@ from ingest_shared import keys as k
 from ingest_shared.keys import Rollup
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from ingest_producer.reading.replies import Sample, Series
 
 GROUP_LABEL = k.LABEL_METRIC
 # Aggregations a fleet query refuses (422): no exact combination of per-device buckets.
-NEEDS_SOURCE = ("first", "last", "std.p")
+NEEDS_SOURCE = tuple(agg for agg in k.AGGREGATIONS if agg not in k.MERGE_PARTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,32 +42,38 @@ class Part:
 
 @dataclass(frozen=True, slots=True)
 class FleetPlan:
-    """The parts of a fleet aggregation and how their values give its value."""
+    """The parts of a fleet aggregation and how their values (by part name) give its value."""
 
     parts: tuple[Part, ...]
-    combine: Callable[[Sequence[float]], float | None]
+    combine: Callable[[Mapping[str, float]], float | None]
 
 
-def _ratio(values: Sequence[float]) -> float | None:
-    total, count = values
+# How each part (ingest_shared.keys.MERGE_PARTS) combines across series.
+PART_REDUCERS = {"sum": Reducer.SUM, "count": Reducer.SUM, "min": Reducer.MIN, "max": Reducer.MAX}
+
+
+def _ratio(values: Mapping[str, float]) -> float | None:
+    total, count = values["sum"], values["count"]
     return total / count if count else None
 
 
-def _first(values: Sequence[float]) -> float | None:
-    return values[0]
+def _spread(values: Mapping[str, float]) -> float | None:
+    return values["max"] - values["min"]
 
 
-def _spread(values: Sequence[float]) -> float | None:
-    return values[0] - values[1]
+def _itself(agg: str) -> Callable[[Mapping[str, float]], float | None]:
+    """The combination of an aggregation that is its own only part (sum, count, min, max)."""
+    return lambda values: values[agg]
 
+
+_COMBINE = {"avg": _ratio, "range": _spread}
 
 FLEET_PLANS = {
-    "avg": FleetPlan((Part("sum", Reducer.SUM), Part("count", Reducer.SUM)), _ratio),
-    "sum": FleetPlan((Part("sum", Reducer.SUM),), _first),
-    "count": FleetPlan((Part("count", Reducer.SUM),), _first),
-    "min": FleetPlan((Part("min", Reducer.MIN),), _first),
-    "max": FleetPlan((Part("max", Reducer.MAX),), _first),
-    "range": FleetPlan((Part("max", Reducer.MAX), Part("min", Reducer.MIN)), _spread),
+    agg: FleetPlan(
+        tuple(Part(part, PART_REDUCERS[part]) for part in parts),
+        _COMBINE.get(agg) or _itself(agg),
+    )
+    for agg, parts in k.MERGE_PARTS.items()
 }
 
 
@@ -115,7 +121,7 @@ def combine(plan: FleetPlan, parts: Sequence[Sequence[Sample]]) -> list[Sample]:
     timestamps = set(maps[0]).intersection(*maps[1:])
     out = []
     for timestamp in sorted(timestamps):
-        value = plan.combine([m[timestamp] for m in maps])
+        value = plan.combine({p.agg: m[timestamp] for p, m in zip(plan.parts, maps, strict=True)})
         if value is not None:
             out.append((timestamp, value))
     return out

@@ -2,6 +2,7 @@
 
 Each answer costs a fixed number of round trips whatever the number of metrics or devices:
 TS.MGET with FILTER returns every matching series' latest sample and labels in one command.
+A metric's latest values come from ``partials``, which merges its per-shard series.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ingest_producer.models import (
     SourceList,
     SourceMetric,
 )
-from ingest_producer.reading import params
+from ingest_producer.reading import params, partials
 from ingest_producer.reading.fanout import fan_out, mget
 from ingest_shared import keys as k
 from ingest_shared.redis_client import call
@@ -25,48 +26,32 @@ from ingest_shared.schema import now_ms
 
 if TYPE_CHECKING:
     from ingest_producer.reading.context import ReadContext
-    from ingest_producer.reading.replies import Series
+    from ingest_producer.reading.replies import Sample
 
 # Above this many sources a metric lists only their count.
 MAX_LISTED_SOURCES = 50
 _DEVICE_LABELS = (k.LABEL_METRIC, k.LABEL_SOURCE)
 
 
-def _point(series: Series) -> Point | None:
-    return Point(*series.samples[0]) if series.samples else None
+def _point(sample: Sample | None) -> Point | None:
+    return None if sample is None else Point(*sample)
 
 
 async def read_metrics(ctx: ReadContext) -> MetricList:
-    """Every metric (the metrics set), sorted: its sources, latest raw and rollup values."""
-    members, (devices, raws, rollups) = await asyncio.gather(
+    """Every metric (the metrics set), sorted: its sources, latest raw and rollup values
+    (merged across the per-shard partials by :mod:`~ingest_producer.reading.partials`)."""
+    members, [devices], latest = await asyncio.gather(
         call(ctx.redis, "SMEMBERS", ctx.keys.metrics),
-        fan_out(
-            ctx.nodes,
-            [
-                mget([f"{k.LABEL_KIND}={k.KIND_SOURCE_RAW}"], _DEVICE_LABELS),
-                mget([f"{k.LABEL_KIND}={k.KIND_RAW}"], [k.LABEL_METRIC]),
-                mget(
-                    [f"{k.LABEL_KIND}={k.KIND_ROLLUP}"],
-                    [k.LABEL_METRIC, k.LABEL_AGG, k.LABEL_BUCKET_MS],
-                ),
-            ],
-        ),
+        fan_out(ctx.nodes, [mget([f"{k.LABEL_KIND}={k.KIND_SOURCE_RAW}"], _DEVICE_LABELS)]),
+        partials.read_latest(ctx.nodes, ctx.keys),
     )
     sources: dict[str, set[str]] = {}
     for series in devices:
         metric, source = series.labels.get(k.LABEL_METRIC), series.labels.get(k.LABEL_SOURCE)
         if metric is not None and source is not None:
             sources.setdefault(metric, set()).add(source)
-    latest = {s.labels.get(k.LABEL_METRIC): _point(s) for s in raws}
-    names = {rollup.name for rollup in ctx.keys.rollups}
-    rolled: dict[str, dict[str, Point | None]] = {}
-    for series in rollups:
-        labels = series.labels
-        name = f"{labels.get(k.LABEL_AGG)}_{labels.get(k.LABEL_BUCKET_MS)}"
-        metric = labels.get(k.LABEL_METRIC)
-        if metric is not None and name in names:
-            rolled.setdefault(metric, {})[name] = _point(series)
     metrics = sorted({m.decode(errors="replace") for m in members} | set(sources))
+    found = {metric: latest.get(metric, partials.NOTHING) for metric in metrics}
     return MetricList(
         [
             MetricInfo(
@@ -77,9 +62,9 @@ async def read_metrics(ctx: ReadContext) -> MetricList:
                     if len(sources.get(metric, ())) <= MAX_LISTED_SOURCES
                     else None
                 ),
-                latest=latest.get(metric),
+                latest=_point(found[metric].raw),
                 rollups={
-                    rollup.name: rolled.get(metric, {}).get(rollup.name)
+                    rollup.name: _point(found[metric].rollups.get(rollup.name))
                     for rollup in ctx.keys.rollups
                 },
             )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ingest_producer.models import Chart, Charts, Point
-from ingest_producer.reading import aggregates, params
+from ingest_producer.reading import aggregates, params, partials
 from ingest_producer.reading.fanout import Aggregation, Options, fan_out, mget, mrange
 from ingest_shared import keys as k
 from ingest_shared.schema import now_ms
@@ -80,7 +80,7 @@ async def _fleet(
             plan, rollup_start, end, rollup.bucket_ms, every, use_rollups=use_rollups
         )
     # Every metric and its newest sample time (the per-metric series: timestamps only).
-    queries.append(mget([f"{k.LABEL_KIND}={k.KIND_RAW}"], [k.LABEL_METRIC]))
+    queries.append(partials.newest_raw_query())
     answers = await fan_out(ctx.nodes, queries)
     newest = _newest_by_metric(answers[-1])
     fine_parts = [aggregates.by_metric(a) for a in answers[: len(fine_plan.parts)]]
@@ -137,10 +137,9 @@ async def _device(
 
 
 def _newest_by_metric(series: Sequence[Series]) -> dict[str, int | None]:
-    """Metric -> time of its newest sample (None for an empty series), from a TS.MGET."""
-    newest: dict[str, int | None] = {}
-    for item in series:
-        metric = item.labels.get(k.LABEL_METRIC)
-        if metric is not None:
-            newest[metric] = item.samples[0][0] if item.samples else None
-    return newest
+    """Metric -> time of its newest sample across its series (a metric has one per shard),
+    None when they are all empty; from a TS.MGET."""
+    return {
+        metric: None if sample is None else sample[0]
+        for metric, sample in partials.newest_raw(series).items()
+    }

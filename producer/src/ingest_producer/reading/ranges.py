@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Literal
 from redis.exceptions import ResponseError
 
 from ingest_producer.models import RangePoint, RangeResult
-from ingest_producer.reading import aggregates, params, replies
-from ingest_producer.reading.fanout import Aggregation, Options, Reducer, fan_out, mget, mrange
+from ingest_producer.reading import aggregates, params, partials, replies
+from ingest_producer.reading.fanout import Aggregation, Options, Reducer, fan_out, mrange
 from ingest_shared import keys as k
 from ingest_shared.keys import Rollup
 from ingest_shared.redis_client import call
@@ -210,12 +210,13 @@ async def _fleet_aggregated(ctx: ReadContext, query: RangeQuery) -> RangeResult:
         plan, start, query.end, bucket, selector, use_rollups=use_rollups
     )
     # The newest sample of the metric, only for its time (lastBucketOpen): the per-metric
-    # series has every device's timestamps; its values are never used here.
-    newest_query = mget([*selector, f"{k.LABEL_KIND}={k.KIND_RAW}"])
+    # series (its partials) has every device's timestamps; its values are never used here.
+    newest_query = partials.newest_raw_query([query.metric])
     *answers, newest_answer = await fan_out(ctx.nodes, [*parts, newest_query])
     samples = aggregates.combine(
         plan, [aggregates.by_metric(answer).get(query.metric, []) for answer in answers]
     )
-    newest = max((s.samples[0][0] for s in newest_answer if s.samples), default=None)
+    newest_sample = partials.newest_raw(newest_answer).get(query.metric)
+    newest = None if newest_sample is None else newest_sample[0]
     open_ = aggregates.is_open(samples, newest, bucket)
     return _result(query, "rollup" if use_rollups else "raw", open_, _points(samples))
