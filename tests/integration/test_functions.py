@@ -8,9 +8,11 @@ import datetime as dt
 import random
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 from redis.exceptions import ResponseError
 
+from ingest_shared import keys as k
 from ingest_shared.functions import PRODUCER_LIBRARY as PRODUCER
 from ingest_shared.functions import WORKER_LIBRARY as WORKER
 from ingest_shared.functions import (
@@ -31,13 +33,17 @@ from ingest_shared.functions import (
 )
 from ingest_shared.redis_client import call
 from ingest_shared.schema import EventOut, format_ms, to_epoch_ms
-from ingest_shared.settings import load_settings
+from ingest_shared.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.typing import EncodableT
 
 KEYS = load_settings({}).keys
+FIELDS = (k.FIELD_SOURCE, k.FIELD_METRIC, k.FIELD_VALUE, k.FIELD_OCCURRED_AT)
 EVENTS = [EventOut(f"s{i}", "cpu", i / 4, "2026-03-19T12:00:00Z") for i in range(50)]
+# Three stream shards of one node: one call may append to all of them.
+S0, S1, S2 = Settings(stream_shards=3).keys.shards
 
 
 @pytest.fixture
@@ -52,8 +58,13 @@ async def append_one(redis: Redis, segment: Segment) -> SegmentReply:
     return reply
 
 
-async def stream_ids(redis: Redis) -> list[bytes]:
-    return [entry_id for entry_id, _ in await call(redis, "XRANGE", KEYS.stream, "-", "+")]
+async def stream_ids(redis: Redis, stream: str = KEYS.stream) -> list[bytes]:
+    return [entry_id for entry_id, _ in await entries(redis, stream)]
+
+
+async def entries(redis: Redis, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    reply: list[tuple[bytes, dict[bytes, bytes]]] = await call(redis, "XRANGE", stream, "-", "+")
+    return reply
 
 
 async def test_batch_is_appended_in_order_with_the_tutorial_fields(loaded: Redis) -> None:
@@ -169,19 +180,138 @@ async def test_one_call_answers_each_segment_on_its_own(loaded: Redis) -> None:
     assert (await stream_ids(loaded))[3:] == [*ok.ids, *other_client.ids]
 
 
+def segment_at(command: list[EncodableT], position: int) -> int:
+    """Where the array of the segment at ``position`` (from 0) is in an append command:
+    FCALL name numkeys | keys... | F names... | streams | 2 per segment (array, echo)."""
+    numkeys = command[2]
+    assert isinstance(numkeys, int)
+    return 3 + numkeys + 1 + len(FIELDS) + 1 + 2 * position
+
+
+def patched(command: list[EncodableT], position: int, field: int, value: int) -> None:
+    """Set one number of a segment's array (0: its event count, 5: its first event's stream)."""
+    at = segment_at(command, position)
+    array = command[at]
+    assert isinstance(array, bytes)
+    segment = msgspec.msgpack.decode(array)
+    segment[field] = value
+    command[at] = msgspec.msgpack.encode(segment)
+
+
 async def test_a_payload_that_does_not_match_its_count_fails_the_whole_call(
     loaded: Redis,
 ) -> None:
-    command = append_command(KEYS, [Segment(EVENTS[:2]), Segment(EVENTS[2:4])])
-    # FCALL name numkeys stream | F names... | segments | 7 per segment, the count first.
-    second_count = 4 + 1 + 4 + 1 + 7
-    assert command[second_count] == 2
-    command[second_count] = 3
+    guard = Idempotency(S1.idempotency("k"), 60_000, "h")
+    limit = RateLimit(S1.rate_limit("c"), limit=10, window_ms=60_000)
+    segments = [
+        Segment(EVENTS[:2], stream=S0.stream),
+        Segment(EVENTS[2:4], guard, limit, S1.stream),
+        Segment(EVENTS[4:6], stream=S2.stream),
+    ]
+    command = append_command(KEYS, segments)
+    patched(command, 2, 0, 3)
 
-    with pytest.raises(ResponseError, match="segment 2 payload does not hold 3 events"):
+    with pytest.raises(ResponseError, match="segment 3 does not hold 3 events"):
         await call(loaded, *command)
 
-    assert await loaded.xlen(KEYS.stream) == 0
+    # Nothing at all: not the segments before it, on other streams, nor their guards.
+    assert [await loaded.exists(s.stream) for s in (S0, S1, S2)] == [0, 0, 0]
+    assert await loaded.exists(guard.key, limit.key) == 0
+
+
+async def test_one_call_appends_each_event_to_the_stream_it_names(loaded: Redis) -> None:
+    unstamped = [EventOut(e.source, e.metric, e.value, "") for e in EVENTS]
+    spread = [S2.stream, S0.stream, S2.stream, S1.stream]
+    await loaded.config_resetstat()
+
+    replies = await append_segments(
+        loaded,
+        S0,
+        [
+            Segment(unstamped[0:3], stream=S1.stream),
+            Segment(unstamped[3:5]),  # the call's own stream: S0
+            Segment(unstamped[5:9], streams=spread),  # one stream per event
+            Segment(unstamped[9:10], stream=S1.stream),
+        ],
+    )
+
+    stats = await loaded.info("commandstats")
+    assert stats["cmdstat_fcall"]["calls"] == 1
+    to_s1, to_s0, spread_ids, to_s1_again = [r.ids for r in replies if isinstance(r, Appended)]
+    assert await loaded.xlen(KEYS.stream) == 0  # nothing where no event pointed
+    stored = {shard.stream: await entries(loaded, shard.stream) for shard in (S0, S1, S2)}
+    assert [i for i, _ in stored[S0.stream]] == [*to_s0, spread_ids[1]]
+    assert [i for i, _ in stored[S1.stream]] == [*to_s1, spread_ids[3], *to_s1_again]
+    assert [i for i, _ in stored[S2.stream]] == [spread_ids[0], spread_ids[2]]
+    values = {s: [float(f[b"value"]) for _, f in entries] for s, entries in stored.items()}
+    assert values == {
+        S0.stream: [e.value for e in (*EVENTS[3:5], EVENTS[6])],
+        S1.stream: [e.value for e in (*EVENTS[0:3], EVENTS[8], EVENTS[9])],
+        S2.stream: [EVENTS[5].value, EVENTS[7].value],
+    }
+    # One clock for the whole call, whatever the stream.
+    stamps = {f[b"occurredAt"] for entries in stored.values() for _, f in entries}
+    assert len(stamps) == 1
+    assert stamps.pop().endswith(b"Z")
+
+
+def test_a_segment_needs_one_stream_per_event_when_it_names_several() -> None:
+    with pytest.raises(ValueError, match="1 streams for 2 events"):
+        append_command(S0, [Segment(EVENTS[:2], streams=[S1.stream])])
+
+
+async def test_guards_in_a_call_over_several_streams_answer_each_segment(loaded: Redis) -> None:
+    stored = Idempotency(S1.idempotency("stored"), 60_000, "hash-a", b"echo-a")
+    [first] = await append_segments(loaded, S1, [Segment(EVENTS[:2], stored, stream=S1.stream)])
+    assert isinstance(first, Appended)
+    spent = RateLimit(S2.rate_limit("busy"), limit=2, window_ms=60_000)
+    [used] = await append_segments(loaded, S2, [Segment(EVENTS[:1], rate_limit=spent)])
+    assert isinstance(used, Appended)
+
+    replies = await append_segments(
+        loaded,
+        S0,
+        [
+            Segment(EVENTS[10:13], stream=S0.stream),
+            Segment(EVENTS[20:21], stored, stream=S1.stream),  # a repeat
+            Segment(EVENTS[40:42], rate_limit=spent, stream=S2.stream),  # over its limit
+            Segment(EVENTS[30:31], Idempotency(stored.key, 60_000, "b"), stream=S1.stream),
+            Segment(EVENTS[45:47], stream=S2.stream),
+        ],
+    )
+
+    plain, dup, limited, conflict, after = replies
+    assert isinstance(plain, Appended)
+    assert dup == Duplicate(first.ids, b"echo-a")
+    assert isinstance(limited, RateLimited)
+    assert conflict == Conflict()
+    assert isinstance(after, Appended)
+    assert await stream_ids(loaded, S0.stream) == plain.ids
+    assert await stream_ids(loaded, S1.stream) == first.ids  # nothing more
+    assert await stream_ids(loaded, S2.stream) == [*used.ids, *after.ids]
+
+
+async def test_a_stream_key_of_another_type_fails_the_call_before_any_write(
+    loaded: Redis,
+) -> None:
+    await loaded.set(S2.stream, "not a stream")
+    limit = RateLimit(S0.rate_limit("c"), limit=10, window_ms=60_000)
+    segments = [Segment(EVENTS[:2], rate_limit=limit, stream=S0.stream), Segment(EVENTS[2:4])]
+
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await append_segments(loaded, S2, segments)
+
+    assert await loaded.exists(S0.stream, limit.key) == 0
+
+
+async def test_a_segment_naming_a_stream_outside_the_call_is_refused(loaded: Redis) -> None:
+    command = append_command(S0, [Segment(EVENTS[:1]), Segment(EVENTS[1:2], stream=S1.stream)])
+    patched(command, 1, 5, 3)
+
+    with pytest.raises(ResponseError, match="segment 2 event 1 names stream 3 of 2"):
+        await call(loaded, *command)
+
+    assert await loaded.exists(S0.stream, S1.stream) == 0
 
 
 async def test_repeat_with_the_same_idempotency_key_enqueues_nothing(loaded: Redis) -> None:

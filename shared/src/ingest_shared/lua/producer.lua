@@ -3,28 +3,36 @@
 -- The producer's functions. The worker's live in worker.lua: each service loads only its own
 -- library, so neither needs the other's commands in its ACL.
 
--- ingest_append: append the events of several requests ("segments") in one call. Each segment
--- may carry an idempotency key and a fixed-window rate limit, and is accepted or refused as a
--- whole; everything happens atomically (one round trip, no races between repeats).
+-- ingest_append: append the events of several requests ("segments") in one call. Each event
+-- names its stream; each segment may carry an idempotency key and a fixed-window rate limit,
+-- and is accepted or refused as a whole; everything happens atomically (one round trip, no
+-- races between repeats).
 --
--- KEYS: stream, then per segment in order: its idempotency key (if its TTL > 0), then its
---       rate key (if its limit > 0). They share the stream's hash slot (cluster-safe).
--- ARGV: 1 fields per event F   2..F+1 field names   F+2 number of segments
---       then 7 per segment: events N, idempotency TTL ms (0 = none), body hash, echo,
---       rate limit per window (0 = none), window ms, and the payload: the N * F field values
---       as ONE MessagePack array of strings (redis-py spends ~0.7 us encoding each argument,
---       and cmsgpack unpacks faster than Lua can split a joined string).
+-- KEYS: the S streams the events append to (the first is the key a cluster routes the call
+--       by), then per segment in order: its idempotency key (if its TTL > 0), then its rate key
+--       (if its limit > 0). On a cluster every key of a call shares one hash slot (one shard per
+--       call); on a single node one call may append to every shard's stream.
+-- ARGV: 1 fields per event F   2..F+1 field names   F+2 number of streams S
+--       then 2 per segment: ONE MessagePack array holding events N, idempotency TTL ms
+--       (0 = none), body hash, rate limit per window (0 = none), window ms, then each event's
+--       stream (N indexes in KEYS, 1..S), then the N * F field values (strings); and its echo
+--       (bytes, outside the array: cmsgpack has no binary type). redis-py spends ~0.7 us
+--       encoding each argument, and cmsgpack unpacks faster than Lua can split a string.
+-- Every stream (a stream or no key yet) and every segment is checked before anything is
+-- written: an error leaves nothing of the call done.
 -- Returns one reply per segment:
---   {"ok", id...}            appended, ids in order
+--   {"ok", id...}            appended, ids in order (each in its event's stream)
 --   {"dup", ids, echo}       repeat of a stored request (ids joined by ","): nothing appended
 --   {"conflict"}             the idempotency key was used with another body hash
 --   {"rate", retry after ms} does not fit in what is left of the window: nothing appended
 --   {"toolarge", limit}      more events than the whole window allows: nothing appended
--- An empty occurredAt is stamped with the time of the call (RFC 3339, ms): the server's default
--- for a batch, taken here so that stamps follow stream order whatever the order in which the
--- producer's concurrent calls arrive (the worker writes a sample older than its series' newest
--- as a costly upsert).
-local SEGMENT_ARGS = 7
+-- An empty occurredAt is stamped with the time of the call (RFC 3339, ms; one clock for the
+-- whole call, every stream): the server's default for a batch, taken here so that stamps follow
+-- stream order whatever the order in which the producer's concurrent calls arrive (the worker
+-- writes a sample older than its series' newest as a costly upsert).
+local SEGMENT_ARGS = 2
+-- A segment's array: this header, then N stream indexes, then N * F values.
+local HEADER = 5
 local STAMPED_FIELD = 'occurredAt'
 
 -- rfc3339: epoch ms as YYYY-MM-DDTHH:MM:SS[.mmm]Z, milliseconds only when there are any (as
@@ -58,7 +66,7 @@ local function now_stamp(clock)
   return clock.stamp
 end
 
-local function append_values(stream, names, values, count, clock)
+local function append_values(keys, names, segment, count, clock)
   local nfields = #names
   local entry = {}
   local stamped = 0
@@ -67,42 +75,60 @@ local function append_values(stream, names, values, count, clock)
     if names[i] == STAMPED_FIELD then stamped = 2 * i end
   end
   local ids = {'ok'}
+  local values = HEADER + count
   for e = 0, count - 1 do
-    local base = e * nfields
-    for i = 1, nfields do entry[2 * i] = values[base + i] end
+    local base = values + e * nfields
+    for i = 1, nfields do entry[2 * i] = segment[base + i] end
     if stamped > 0 and entry[stamped] == '' then entry[stamped] = now_stamp(clock) end
-    ids[e + 2] = redis.call('XADD', stream, '*', unpack(entry))
+    ids[e + 2] = redis.call('XADD', keys[segment[HEADER + 1 + e]], '*', unpack(entry))
   end
   return ids
 end
 
 local function ingest_append(keys, args)
-  local stream = keys[1]
   local nfields = tonumber(args[1])
   local names = {}
   for i = 1, nfields do names[i] = args[1 + i] end
-  local nsegments = tonumber(args[2 + nfields])
+  local nstreams = tonumber(args[2 + nfields])
   local first = 3 + nfields
-  -- Unpack and check every payload before writing anything: an error must not leave half a
-  -- call done.
-  local payloads = {}
-  for s = 1, nsegments do
-    local base = first + (s - 1) * SEGMENT_ARGS
-    local values = cmsgpack.unpack(args[base + 6])
-    if type(values) ~= 'table' or #values ~= tonumber(args[base]) * nfields then
-      return redis.error_reply('ERR ingest_append: segment ' .. s .. ' payload does not hold '
-        .. args[base] .. ' events of ' .. nfields .. ' fields')
-    end
-    payloads[s] = values
+  local nsegments = (#args - first + 1) / SEGMENT_ARGS
+  if nsegments % 1 ~= 0 then
+    return redis.error_reply('ERR ingest_append: ' .. SEGMENT_ARGS .. ' arguments per segment')
   end
-  local next_key = 2
+  -- Check every stream and segment before writing anything: an error must not leave part of
+  -- a call done (a call may append to several streams). XLEN fails on a key of another type.
+  for i = 1, nstreams do
+    local checked = redis.pcall('XLEN', keys[i])
+    if type(checked) == 'table' and checked.err then
+      return redis.error_reply(checked.err .. ' (ingest_append: ' .. keys[i] .. ')')
+    end
+  end
+  local is_stream = {}
+  for i = 1, nstreams do is_stream[i] = true end
+  local segments = {}
+  for s = 1, nsegments do
+    local segment = cmsgpack.unpack(args[first + (s - 1) * SEGMENT_ARGS])
+    local count = type(segment) == 'table' and segment[1]
+    if type(count) ~= 'number' or #segment ~= HEADER + count * (1 + nfields) then
+      return redis.error_reply('ERR ingest_append: segment ' .. s .. ' does not hold '
+        .. tostring(count) .. ' events (a stream and ' .. nfields .. ' fields each)')
+    end
+    for e = 1, count do
+      if not is_stream[segment[HEADER + e]] then
+        return redis.error_reply('ERR ingest_append: segment ' .. s .. ' event ' .. e
+          .. ' names stream ' .. tostring(segment[HEADER + e]) .. ' of ' .. nstreams)
+      end
+    end
+    segments[s] = segment
+  end
+  local next_key = nstreams + 1
   local replies = {}
   local clock = {}
   for s = 1, nsegments do
-    local base = first + (s - 1) * SEGMENT_ARGS
-    local count, idem_ttl = tonumber(args[base]), tonumber(args[base + 1])
-    local hash, echo = args[base + 2], args[base + 3]
-    local limit, window_ms = tonumber(args[base + 4]), args[base + 5]
+    local segment = segments[s]
+    local count, idem_ttl, hash = segment[1], segment[2], segment[3]
+    local limit, window_ms = segment[4], segment[5]
+    local echo = args[first + (s - 1) * SEGMENT_ARGS + 1]
     local idem_key, rate_key, reply
     if idem_ttl > 0 then
       idem_key = keys[next_key]
@@ -138,7 +164,7 @@ local function ingest_append(keys, args)
       end
     end
     if not reply then
-      reply = append_values(stream, names, payloads[s], count, clock)
+      reply = append_values(keys, names, segment, count, clock)
       if idem_key then
         redis.call('HSET', idem_key, 'hash', hash, 'ids', table.concat(reply, ',', 2), 'echo', echo)
         redis.call('PEXPIRE', idem_key, idem_ttl)
