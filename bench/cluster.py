@@ -6,9 +6,12 @@ workers, in events/s and events per CPU-second (the issue's scaling table for a 
 Each row starts from a flushed cluster: N shards (INGEST_STREAM_SHARDS), W worker processes.
 Drain: events prefilled into the shard streams (each event in its source's shard, 50 metrics x
 200 sources, distinct timestamps), then timed until every shard's lag and pending are 0; CPU is
-the workers' and the Redis nodes' (psutil). Ingest: one producer process, wrk posting batches
-of 100 for a few seconds, no worker (events/s accepted). Everything shares this machine's cores:
-read events per CPU-second for efficiency, events/s for what the box does.
+the workers' and the Redis nodes' (psutil); TS.MADD per batch is the TS.MADD calls every
+primary ran during the drain over the worker batches (XACK calls: every batch ends with one),
+from ``INFO commandstats`` deltas: 1.00 means one TS.MADD per shard batch. Ingest: one producer
+process, wrk posting batches of 100 for a few seconds, no worker (events/s accepted).
+Everything shares this machine's cores: read events per CPU-second for efficiency, events/s
+for what the box does.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
+from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from bench.loadgen import ensure_wrk, run_wrk
@@ -115,10 +119,29 @@ async def drained(cluster: RedisCluster, settings: Settings) -> bool:
     return True
 
 
+async def command_calls(nodes: LocalCluster, names: Sequence[str]) -> dict[str, int]:
+    """Calls of each of ``names`` (``ts.madd``, ``xack``) summed over every primary, from INFO
+    commandstats; subtract two readings for what ran between them."""
+    calls = dict.fromkeys(names, 0)
+    for node in nodes.nodes:
+        if node.role != "primary" or node.pid is None:
+            continue
+        client = Redis(host="127.0.0.1", port=node.port)
+        try:
+            stats = await client.info("commandstats")
+        finally:
+            await client.aclose()
+        for name in names:
+            found = stats.get(f"cmdstat_{name}")
+            calls[name] += int(found["calls"]) if isinstance(found, dict) else 0
+    return calls
+
+
 async def drain_row(
     nodes: LocalCluster, cluster: RedisCluster, shards: int, workers: int, events: int
-) -> tuple[float, float]:
-    """(events/s, events per CPU-second of the workers and Redis)."""
+) -> tuple[float, float, float | None]:
+    """(events/s, events per CPU-second of the workers and Redis, TS.MADD calls per worker
+    batch or None without batches)."""
     settings = replace(Settings(), stream_shards=shards, redis_mode="cluster")
     await flushed(cluster)
     await prefill(cluster, settings, events)
@@ -127,6 +150,7 @@ async def drain_row(
         ([str(BIN / "ingest-worker")], env_for(nodes.url, shards, INGEST_CONSUMER_NAME=f"w{i}"))
         for i in range(workers)
     ]
+    calls_before = await command_calls(nodes, ("ts.madd", "xack"))
     redis_cpu = cpu_seconds(redis_procs)
     started = time.monotonic()
     with processes(commands) as procs:
@@ -134,7 +158,10 @@ async def drain_row(
             await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started
         used = cpu_seconds(procs) + cpu_seconds(redis_procs) - redis_cpu
-    return events / elapsed, events / max(used, 1e-9)
+        calls = await command_calls(nodes, ("ts.madd", "xack"))
+    madds, batches = (calls[name] - calls_before[name] for name in ("ts.madd", "xack"))
+    per_batch = madds / batches if batches else None
+    return events / elapsed, events / max(used, 1e-9), per_batch
 
 
 async def ingest_row(
@@ -171,22 +198,25 @@ async def main(argv: Sequence[str] | None = None) -> int:
     duration = 3.0 if args.quick else 10.0
     wrk = ensure_wrk(install=True)
     print(f"# Redis Cluster, 3 primaries, {events:,} events per drain ({os.cpu_count()} cores)")
-    print("| Test | Shards | Processes | events/s | events per CPU-second |")
-    print("|---|---|---|---|---|")
+    print("| Test | Shards | Processes | events/s | events per CPU-second | TS.MADD per batch |")
+    print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp, LocalCluster(Path(tmp), masters=3) as nodes:
         cluster = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in nodes.ports])
         try:
             for shards in (1, 4, 16):
                 for workers in (1, 2, 4):
-                    rate, per_cpu = await drain_row(nodes, cluster, shards, workers, events)
+                    rate, per_cpu, madd = await drain_row(nodes, cluster, shards, workers, events)
+                    shown = "n/a" if madd is None else f"{madd:.2f}"
                     print(
-                        f"| drain | {shards} | {workers} workers | {rate:,.0f} | {per_cpu:,.0f} |"
+                        f"| drain | {shards} | {workers} workers | {rate:,.0f} | {per_cpu:,.0f} "
+                        f"| {shown} |",
+                        flush=True,
                     )
             if wrk is not None:
                 for shards in (1, 4, 16):
                     rate, per_cpu = await ingest_row(nodes, cluster, shards, duration, wrk)
                     row = f"| ingest, batches of 100 | {shards} | 1 producer | {rate:,.0f} |"
-                    print(f"{row} {per_cpu:,.0f} |")
+                    print(f"{row} {per_cpu:,.0f} | n/a |", flush=True)
         finally:
             await cluster.aclose()
     return 0

@@ -15,7 +15,7 @@ REPO_ROOT = BENCH_DIR.parent
 WRK_DIR = BENCH_DIR / "wrk"
 RESULTS_DIR = BENCH_DIR / "results"
 
-ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 
 # Key names the bench passes to the producer and worker; they match the product defaults.
 STREAM_KEY = "telemetry:events"
@@ -25,6 +25,9 @@ WORKER_VARIANT_STREAMS = {
     "native": "telemetry:events:native",  # INGEST_MAX_ENTRY_BYTES=0: native XREADGROUP
     "nocollapse": "telemetry:events:nocollapse",  # bench/nocollapse_worker.py
 }
+# ... and key prefixes of their own (INGEST_KEY_PREFIX): their own list of live workers and
+# their own stream lease, so the deal of shards never hands a variant's stream to worker-1.
+WORKER_VARIANT_PREFIXES = {variant: f"telemetry:{variant}:" for variant in WORKER_VARIANT_STREAMS}
 DEAD_LETTER_KEY = "telemetry:events:dead-letter"
 CONSUMER_GROUP = "telemetry-workers"
 METRICS_KEY = "telemetry:metrics"
@@ -77,6 +80,11 @@ class BenchConfig:
     capacity_profile_s: float = 20.0
     # Scenario 9: 1..N producer processes and 1..N workers.
     scaling_processes: tuple[int, ...] = (1, 2, 3)
+    # Scenario 10: the whole pipeline with the product's defaults, 1, 2 and 4 workers; seconds
+    # of load per case (--duration sets it too); and the 2-worker one-stream comparison row.
+    workers_counts: tuple[int, ...] = (1, 2, 4)
+    workers_load_s: float = 15.0
+    workers_one_stream: bool = True
     scenarios: tuple[int, ...] = ALL_SCENARIOS
     install_wrk: bool = True
     profile: bool = False
@@ -100,6 +108,7 @@ class BenchConfig:
             capacity_baseline_rates=(500, 4_000),
             capacity_profile_s=0.0,
             scaling_processes=(1, 2),
+            workers_load_s=2.0,
             quick=True,
         )
 
@@ -110,7 +119,11 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         description="Run the telemetry-ingest benchmark (issue 4) against a fresh local Redis.",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: ~1-2 s per figure, 1 rep")
-    parser.add_argument("--duration", type=float, help="seconds per measured figure (default 10)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        help="seconds per measured figure (default 10; scenario 10's load: 15)",
+    )
     parser.add_argument("--reps", type=int, help="repetitions per figure (default 3)")
     parser.add_argument("--e2e-duration", type=float, help="seconds of offered load (default 30)")
     parser.add_argument("--e2e-rate", type=int, help="offered events/s end to end (default 2000)")
@@ -147,6 +160,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         value = getattr(args, attr)
         if value is not None:
             overrides[name] = value
+    if args.duration is not None:
+        overrides["workers_load_s"] = args.duration
     if args.only:
         overrides["scenarios"] = tuple(sorted({int(p) for p in args.only.split(",") if p.strip()}))
     if args.profile:

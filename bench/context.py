@@ -16,6 +16,7 @@ from bench.config import (
     PRODUCT_DB,
     SERIES_PREFIX,
     STREAM_KEY,
+    WORKER_VARIANT_PREFIXES,
     WORKER_VARIANT_STREAMS,
 )
 from bench.loadgen import log
@@ -79,22 +80,34 @@ class Bench:
 
     # --- servers -------------------------------------------------------------------------
 
-    def product_env(self, **extra: str) -> dict[str, str]:
-        return base_env(
-            {
-                "REDIS_URL": self.redis_url(PRODUCT_DB),
-                "INGEST_STREAM_KEY": STREAM_KEY,
-                "INGEST_DEAD_LETTER_KEY": DEAD_LETTER_KEY,
-                "INGEST_CONSUMER_GROUP": CONSUMER_GROUP,
-                "INGEST_METRICS_KEY": METRICS_KEY,
-                "INGEST_SERIES_PREFIX": SERIES_PREFIX,
-                "INGEST_LOG_LEVEL": "warning",
-                # No worker drains during scenarios 2-3: the producer's backpressure (503 above
-                # INGEST_MAX_BACKLOG, default 1,000,000) would cut a batch run short.
-                "INGEST_MAX_BACKLOG": "1000000000",
-                **extra,
-            }
-        )
+    def product_env(self, *, product_defaults: bool = False, **extra: str) -> dict[str, str]:
+        """The environment of the product's processes: the bench's key names (the defaults).
+
+        Scenarios 1-9 get one stream and no backpressure. ``product_defaults`` sets neither
+        (and drops any INGEST_* variable inherited from the caller's shell), for scenario 10,
+        which measures the product as shipped.
+        """
+        ours = {
+            "REDIS_URL": self.redis_url(PRODUCT_DB),
+            "INGEST_STREAM_KEY": STREAM_KEY,
+            "INGEST_DEAD_LETTER_KEY": DEAD_LETTER_KEY,
+            "INGEST_CONSUMER_GROUP": CONSUMER_GROUP,
+            "INGEST_METRICS_KEY": METRICS_KEY,
+            "INGEST_SERIES_PREFIX": SERIES_PREFIX,
+            "INGEST_LOG_LEVEL": "warning",
+        }
+        if not product_defaults:
+            # They measure one process on one stream and read STREAM_KEY directly (prefills,
+            # group counters, resets): the unsharded layout, not the default 8 shards.
+            ours["INGEST_STREAM_SHARDS"] = "1"
+            # No worker drains during scenarios 2-3: the producer's backpressure (503 above
+            # INGEST_MAX_BACKLOG, default 1,000,000) would cut a batch run short.
+            ours["INGEST_MAX_BACKLOG"] = "1000000000"
+        env = base_env(ours | extra)
+        if product_defaults:
+            for name in [n for n in env if n.startswith("INGEST_") and n not in ours | extra]:
+                del env[name]
+        return env
 
     def _start(self, server: Server) -> Server | None:
         if server.name in self.servers and self.servers[server.name].alive():
@@ -178,12 +191,53 @@ class Bench:
         )
         if variant:
             env["INGEST_STREAM_KEY"] = WORKER_VARIANT_STREAMS[variant]
+            env["INGEST_KEY_PREFIX"] = WORKER_VARIANT_PREFIXES[variant]
         if variant == "native":
             env["INGEST_MAX_ENTRY_BYTES"] = "0"
         elif variant == "nocollapse":
             argv = [sys.executable, "-m", "bench.nocollapse_worker"]
         server = Server(name, argv, env, self.workdir / "logs")
         return self._start(server)
+
+    def default_producer(self, name: str, **extra: str) -> Server | None:
+        """`ingest-producer` with the product's defaults (shards, INGEST_MAX_BACKLOG,
+        INGEST_HTTP_WORKERS) plus `extra`, under `name`; None if it did not start."""
+        if name in self.servers:
+            return self.servers[name]
+        script = venv_script("ingest-producer")
+        if script is None:
+            self.unavailable.setdefault(name, "ingest-producer is not installed")
+            return None
+        port = free_port()
+        env = self.product_env(
+            product_defaults=True, INGEST_HTTP_HOST=HOST, INGEST_HTTP_PORT=str(port), **extra
+        )
+        server = Server(
+            name, [str(script)], env, self.workdir / "logs",
+            ready=http_ready(f"http://{HOST}:{port}/ready"), port=port,
+        )  # fmt: skip
+        return self._start(server)
+
+    def default_worker(
+        self, name: str, consumer: str, *, module: str | None = None, **extra: str
+    ) -> Server | None:
+        """`ingest-worker` (or ``python -m module``) with the product's defaults plus `extra`,
+        consumer name `consumer`; not waited for (see scenarios.common.wait_owned)."""
+        if name in self.servers:
+            return self.servers[name]
+        script = venv_script("ingest-worker")
+        if script is None and module is None:
+            self.unavailable.setdefault(name, "ingest-worker is not installed")
+            return None
+        argv = [sys.executable, "-m", module] if module else [str(script)]
+        # No metrics port: several workers run side by side on one host.
+        env = self.product_env(
+            product_defaults=True,
+            INGEST_CONSUMER_NAME=consumer,
+            INGEST_WORKER_HTTP_PORT="0",
+            **extra,
+        )
+        return self._start(Server(name, argv, env, self.workdir / "logs"))
 
     def minimal_app(self) -> Server | None:
         name = "minimal-litestar"

@@ -38,6 +38,7 @@ from bench.scenarios import (
     memory,
     scaling,
     single_event,
+    workers,
 )
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
     from ingest_devtools.localredis import LocalRedis
 
-WRK_SCENARIOS = {1, 2, 3, 5, 6, 8, 9}
+WRK_SCENARIOS = {1, 2, 3, 5, 6, 8, 9, 10}
 
 
 def _phases(config: BenchConfig) -> list[tuple[str, Callable[[Bench], None]]]:
@@ -69,6 +70,9 @@ def _phases(config: BenchConfig) -> list[tuple[str, Callable[[Bench], None]]]:
         phases.append(("5 end to end", e2e.run))
     if 8 in wanted:
         phases.append(("8 sustained capacity ramps", capacity.run))
+    # Last: it flushes the product database and stops the one-stream processes.
+    if 10 in wanted:
+        phases.append(("10 workers that scale: default settings, 1/2/4 workers", workers.run))
     return phases
 
 

@@ -48,7 +48,12 @@ from bench.config import (
 from bench.loadgen import LoadGenError, WrkResult, log, run_wrk
 from bench.procs import base_env, own_cpu_seconds
 from bench.profile import profiled
-from bench.scenarios.drain import command_stats, start_worker, stats_delta
+from bench.scenarios.drain import (
+    command_stats,
+    start_worker,
+    stats_delta,
+    wait_one_stream_owned,
+)
 from bench.scenarios.e2e import PROBE_SOURCES, Probe, ProbeStats
 
 if TYPE_CHECKING:
@@ -332,6 +337,8 @@ def _pipeline(bench: Bench, ramp: Ramp) -> Iterator[Pipeline | None]:
     for i in range(ramp.workers + 1, 4):
         bench.stop(f"worker-{i}")
     live = [w for w in workers if w is not None]
+    if len(live) == ramp.workers:
+        wait_one_stream_owned(bench, range(1, ramp.workers + 1))
     if producer is None or len(live) < ramp.workers:
         yield None
         return
@@ -446,8 +453,9 @@ def ramps(bench: Bench) -> list[Ramp]:
     return [
         Ramp("batch.1w", "Batches of 100, 1 producer, 1 worker", 100, 1,
              cfg.capacity_batch_rates, bc),
-        Ramp("batch.2w", "Batches of 100, 1 producer, 2 workers", 100, 2,
-             cfg.capacity_batch_rates, bc),
+        # One stream has one owner: the 2nd worker is a standby (workers on shards: scenario 10).
+        Ramp("batch.2w", "Batches of 100, 1 producer, 2 workers on one stream (1 owner + 1 "
+             "standby)", 100, 2, cfg.capacity_batch_rates, bc),
         Ramp("single.1w", "Single events, 1 producer, 1 worker", 1, 1,
              cfg.capacity_single_rates, sc),
         Ramp("baseline", "Tutorial baseline (single events + process loop, count=1000)", 1, 0,

@@ -1,14 +1,16 @@
-"""Helpers the scenarios share: route checks, one wrk measurement, stream resets."""
+"""Helpers the scenarios share: route checks, one wrk measurement, stream resets, waiting
+for the workers to own their shards."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING
 
 import httpx
 import redis
 
-from bench.config import BASELINE_DB, PRODUCT_DB, STREAM_KEY
+from bench.config import BASELINE_DB, CONSUMER_GROUP, PRODUCT_DB, STREAM_KEY
 from bench.loadgen import LoadGenError, WrkResult, log, run_wrk
 from bench.results import Figure
 
@@ -17,9 +19,11 @@ if TYPE_CHECKING:
 
     from bench.context import Bench
     from bench.procs import Server
+    from ingest_shared.keys import Keys
 
 EVENTS_PATH = "/api/ingest/events"
 WARMUP_S = 1.0
+OWNED_POLL_S = 0.05
 
 
 def check_post(url: str, body: object, expect_count: int | None = None) -> str | None:
@@ -128,3 +132,55 @@ def reset_streams(bench: Bench) -> None:
     for db in (PRODUCT_DB, BASELINE_DB):
         with contextlib.suppress(redis.ResponseError):
             bench.client(db).xtrim(STREAM_KEY, maxlen=0, approximate=False)
+
+
+def shards_owned(client: redis.Redis, keys: Keys, consumers: Sequence[str]) -> bool:
+    """True once every one of `consumers` is a live worker, every shard's lease is held by
+    the owner the workers' deal gives it (ingest_worker.ownership.assign over the live ones)
+    and that owner reads the shard's stream (it is a consumer of the group).
+
+    A worker that joins takes shards away from the others on their next tick; until then a
+    shard may have no owner, or its old one."""
+    from ingest_worker.ownership import assign
+
+    live = sorted(_text(member) for member in client.zrange(keys.workers, 0, -1))
+    if not set(consumers) <= set(live):
+        return False
+    owners = assign(keys.shards, live)
+    holders = client.mget([shard.lease() for shard in keys.shards])
+    if not all(
+        held is not None and _text(held) == owners.get(shard.tag)
+        for shard, held in zip(keys.shards, holders, strict=True)
+    ):
+        return False
+    for shard in keys.shards:
+        try:
+            readers = client.xinfo_consumers(shard.stream, CONSUMER_GROUP)
+        except redis.ResponseError:  # the owner has not created the group yet
+            return False
+        if not any(c["name"] == owners[shard.tag].encode() for c in readers):
+            return False
+    return True
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def wait_owned(
+    client: redis.Redis,
+    keys: Keys,
+    consumers: Sequence[str],
+    workers: Sequence[Server],
+    timeout_s: float,
+) -> str | None:
+    """Wait until :func:`shards_owned`; None then, else why not (timeout, a worker exited)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if shards_owned(client, keys, consumers):
+            return None
+        dead = [w for w in workers if not w.alive()]
+        if dead:
+            return f"{dead[0].name} exited: {dead[0].log_tail(3)}"
+        time.sleep(OWNED_POLL_S)
+    return f"the workers did not own every shard within {timeout_s:.0f} s"

@@ -27,18 +27,22 @@ from bench.config import (
     PRODUCT_DB,
     SERIES_PREFIX,
     STREAM_KEY,
+    WORKER_VARIANT_PREFIXES,
     WORKER_VARIANT_STREAMS,
 )
 from bench.loadgen import log
 from bench.prefill import DISTINCT, GATEWAY, GATEWAY_REORDERED, Layout, now_ms, prefill
 from bench.procs import own_cpu_seconds
 from bench.profile import profiled
-from bench.scenarios.common import scratch_figure
+from bench.scenarios.common import scratch_figure, wait_owned
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from bench.context import Bench
     from bench.procs import Server
     from bench.results import Figure
+    from ingest_shared.keys import Keys
 
 POLL_S = 0.005
 WORKER_READY_TIMEOUT_S = 30.0
@@ -155,23 +159,42 @@ def start_worker(bench: Bench, index: int, variant: str = "") -> Server | None:
     server = bench.worker(index, variant)
     if server is None:
         return None
-    consumer = f"bench-worker-{variant or index}".encode()
-    deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if not server.alive():
-            bench.unavailable[server.name] = f"ingest-worker exited: {server.log_tail(3)}"
-            bench.stop(server.name)
-            return None
-        try:
-            consumers = client.xinfo_consumers(stream, CONSUMER_GROUP)
-        except redis.ResponseError:
-            consumers = []
-        if any(c["name"] == consumer for c in consumers):
-            return server
-        time.sleep(0.05)
-    bench.unavailable[server.name] = "ingest-worker never joined the consumer group"
+    # Ready once the shard deal has settled: on the one stream a second worker is a standby
+    # (ingest_worker.ownership: one owner per shard), or takes the stream over from the first.
+    why = wait_owned(
+        client, worker_keys(variant), [f"bench-worker-{variant or index}"], [server],
+        WORKER_READY_TIMEOUT_S,
+    )  # fmt: skip
+    if why is None:
+        return server
+    bench.unavailable[server.name] = f"ingest-worker: {why}"
     bench.stop(server.name)
     return None
+
+
+def worker_keys(variant: str = "") -> Keys:
+    """The keys of the bench's workers on one stream (Bench.worker): the product's unsharded
+    layout, or a variant's own stream and key prefix."""
+    from ingest_shared.keys import Keys
+
+    if not variant:
+        return Keys(STREAM_KEY, DEAD_LETTER_KEY, METRICS_KEY, SERIES_PREFIX)
+    return Keys(
+        WORKER_VARIANT_STREAMS[variant], DEAD_LETTER_KEY, METRICS_KEY, SERIES_PREFIX,
+        prefix=WORKER_VARIANT_PREFIXES[variant],
+    )  # fmt: skip
+
+
+def wait_one_stream_owned(bench: Bench, indexes: Sequence[int]) -> None:
+    """After workers were stopped: wait (bounded) until the remaining `indexes` own the one
+    stream again, so the next scenario does not start on an unowned stream."""
+    servers = [bench.servers[f"worker-{i}"] for i in indexes if f"worker-{i}" in bench.servers]
+    consumers = [f"bench-worker-{i}" for i in indexes]
+    why = wait_owned(
+        bench.client(PRODUCT_DB), worker_keys(), consumers, servers, WORKER_READY_TIMEOUT_S
+    )
+    if why is not None:
+        log(f"  the remaining workers {consumers}: {why}")
 
 
 def command_stats(client: redis.Redis) -> dict[str, tuple[int, float]]:

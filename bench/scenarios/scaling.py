@@ -1,5 +1,10 @@
 """Scenario 9: 1, 2, 3 worker processes and 1, 2, 3 producer processes, per CPU-second too.
 
+Since shard ownership (``ingest_worker.ownership``) a stream has one owner at a time: on the
+bench's one stream the 2nd and 3rd worker processes are standbys (or take the stream over),
+so the worker rows show what idle standbys cost; workers on the default 8 shards are
+scenario 10.
+
 Producers (run before scenario 4, so no worker drains what they append):
 ``INGEST_HTTP_WORKERS`` = 1, 2, 3, all started once and measured back to back inside each
 repetition (paired), with single events (``post_event.lua``, 64 connections) and gateway
@@ -19,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 from bench.loadgen import log
 from bench.results import median
 from bench.scenarios.common import measure, reset_streams, scratch_figure, warm_up
-from bench.scenarios.drain import cpu_of, drain_worker_once, start_worker, timeline
+from bench.scenarios.drain import (
+    cpu_of,
+    drain_worker_once,
+    start_worker,
+    timeline,
+    wait_one_stream_owned,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -50,6 +61,7 @@ def run_workers(bench: Bench) -> None:
     for index in bench.config.scaling_processes:
         if index != 1:
             bench.stop(f"worker-{index}")
+    wait_one_stream_owned(bench, [1])
     bench.results.tables.append(
         ("Scaling (scenario 9; medians; CPU in cores, i.e. % / 100):", render(bench))
     )
@@ -60,9 +72,13 @@ def _workers(bench: Bench) -> None:
     tl = timeline(bench)
     running: list[Server] = []
     for n in cfg.scaling_processes:
+        # One stream has one owner (ingest_worker.ownership): the other processes are standbys.
+        # Workers on the default shards: scenario 10.
+        standbys = f", 1 owner + {n - 1} standby" if n > 1 else ""
         fig = bench.results.figure(
-            worker_key(n), 9, f"Worker drain, {n} process(es) ({n_events:,} events)", "events/s"
-        )
+            worker_key(n), 9, f"Worker drain, {n} process(es) on one stream{standbys} "
+            f"({n_events:,} events)", "events/s",
+        )  # fmt: skip
         if n > 1:
             bench.results.target(
                 f"scaling_worker_{n}w", "scaling", worker_key(n), None,
