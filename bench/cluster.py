@@ -35,6 +35,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from bench.loadgen import ensure_wrk, run_wrk
 from bench.procs import free_port
 from ingest_devtools.localcluster import LocalCluster
+from ingest_devtools.localredis import LocalRedis
 from ingest_shared import keys as k
 from ingest_shared.schema import format_ms, now_ms
 from ingest_shared.settings import Settings
@@ -139,9 +140,9 @@ async def command_calls(nodes: LocalCluster, names: Sequence[str]) -> dict[str, 
 
 async def drain_row(
     nodes: LocalCluster, cluster: RedisCluster, shards: int, workers: int, events: int
-) -> tuple[float, float, float | None]:
-    """(events/s, events per CPU-second of the workers and Redis, TS.MADD calls per worker
-    batch or None without batches)."""
+) -> tuple[float, float, float, float | None]:
+    """(events/s, events per CPU-second of the workers and Redis, Redis CPU µs per event,
+    TS.MADD calls per worker batch or None without batches)."""
     settings = replace(Settings(), stream_shards=shards, redis_mode="cluster")
     await flushed(cluster)
     await prefill(cluster, settings, events)
@@ -157,11 +158,47 @@ async def drain_row(
         while not await drained(cluster, settings):  # noqa: ASYNC110 - polling Redis
             await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started
-        used = cpu_seconds(procs) + cpu_seconds(redis_procs) - redis_cpu
+        redis_used = cpu_seconds(redis_procs) - redis_cpu
+        used = cpu_seconds(procs) + redis_used
         calls = await command_calls(nodes, ("ts.madd", "xack"))
     madds, batches = (calls[name] - calls_before[name] for name in ("ts.madd", "xack"))
     per_batch = madds / batches if batches else None
-    return events / elapsed, events / max(used, 1e-9), per_batch
+    return events / elapsed, events / max(used, 1e-9), redis_used / events * 1e6, per_batch
+
+
+async def single_node_drain_row(
+    shards: int, events: int
+) -> tuple[float, float, float, float | None]:
+    """:func:`drain_row` on one standalone Redis (1 worker), the cluster rows' reference."""
+    with tempfile.TemporaryDirectory() as tmp, LocalRedis(Path(tmp)) as server:
+        settings = replace(Settings(), stream_shards=shards)
+        client = Redis.from_url(server.url)
+        try:
+            await prefill(client, settings, events)  # type: ignore[arg-type]
+            [redis_proc] = [psutil.Process(server.pid)] if server.pid else []
+            env = env_for(server.url, shards, INGEST_CONSUMER_NAME="w0")
+            env["INGEST_REDIS_MODE"] = "standalone"
+            before = await client.info("commandstats")
+            redis_cpu = cpu_seconds([redis_proc])
+            started = time.monotonic()
+            with processes([([str(BIN / "ingest-worker")], env)]) as procs:
+                while not await drained(client, settings):  # type: ignore[arg-type]  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+                elapsed = time.monotonic() - started
+                redis_used = cpu_seconds([redis_proc]) - redis_cpu
+                used = cpu_seconds(procs) + redis_used
+                after = await client.info("commandstats")
+        finally:
+            await client.aclose()
+
+    def calls(stats: dict[str, object], name: str) -> int:
+        found = stats.get(f"cmdstat_{name}")
+        return int(found["calls"]) if isinstance(found, dict) else 0
+
+    batches = calls(after, "xack") - calls(before, "xack")
+    madds = calls(after, "ts.madd") - calls(before, "ts.madd")
+    per_batch = madds / batches if batches else None
+    return events / elapsed, events / max(used, 1e-9), redis_used / events * 1e6, per_batch
 
 
 async def ingest_row(
@@ -198,25 +235,38 @@ async def main(argv: Sequence[str] | None = None) -> int:
     duration = 3.0 if args.quick else 10.0
     wrk = ensure_wrk(install=True)
     print(f"# Redis Cluster, 3 primaries, {events:,} events per drain ({os.cpu_count()} cores)")
-    print("| Test | Shards | Processes | events/s | events per CPU-second | TS.MADD per batch |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| Test | Shards | Processes | events/s | events per CPU-second | Redis µs/event "
+        "| TS.MADD per batch |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for shards in (1, 8):
+        rate, per_cpu, redis_us, madd = await single_node_drain_row(shards, events)
+        shown = "n/a" if madd is None else f"{madd:.2f}"
+        print(
+            f"| drain, single node (reference) | {shards} | 1 workers | {rate:,.0f} "
+            f"| {per_cpu:,.0f} | {redis_us:.1f} | {shown} |",
+            flush=True,
+        )
     with tempfile.TemporaryDirectory() as tmp, LocalCluster(Path(tmp), masters=3) as nodes:
         cluster = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in nodes.ports])
         try:
             for shards in (1, 4, 16):
                 for workers in (1, 2, 4):
-                    rate, per_cpu, madd = await drain_row(nodes, cluster, shards, workers, events)
+                    rate, per_cpu, redis_us, madd = await drain_row(
+                        nodes, cluster, shards, workers, events
+                    )
                     shown = "n/a" if madd is None else f"{madd:.2f}"
                     print(
                         f"| drain | {shards} | {workers} workers | {rate:,.0f} | {per_cpu:,.0f} "
-                        f"| {shown} |",
+                        f"| {redis_us:.1f} | {shown} |",
                         flush=True,
                     )
             if wrk is not None:
                 for shards in (1, 4, 16):
                     rate, per_cpu = await ingest_row(nodes, cluster, shards, duration, wrk)
                     row = f"| ingest, batches of 100 | {shards} | 1 producer | {rate:,.0f} |"
-                    print(f"{row} {per_cpu:,.0f} | n/a |", flush=True)
+                    print(f"{row} {per_cpu:,.0f} | n/a | n/a |", flush=True)
         finally:
             await cluster.aclose()
     return 0
