@@ -3,6 +3,8 @@
     IngestError
     ├── ConfigurationError    bad settings, or a Redis without what we need: fatal, explain
     ├── InvalidEventError     permanent: this event can never be stored (dead-letter / 4xx)
+    ├── ProtocolError         (also a ValueError) an agent protocol body that cannot be read
+    │   └── BodyTooLargeError     ...because it decompresses past its limit (413)
     └── TransientStoreError   Redis may manage later: back off, retry, ack nothing
         └── OutcomeUnknownError   ...and the command may have run before the failure (a timeout
                                   after sending): an append may have happened
@@ -26,6 +28,16 @@ class InvalidEventError(IngestError):
         super().__init__(reason)
         self.reason = reason
         self.field = field
+
+
+class ProtocolError(IngestError, ValueError):
+    """A whole request body of an agent protocol (line protocol, remote-write, OTLP) cannot be
+    decoded; the message names the problem and is fit for a 400. Anything narrower (a bad
+    line, a series without a source) is refused on its own and the rest decodes."""
+
+
+class BodyTooLargeError(ProtocolError):
+    """The body decompresses to more than the decoder was allowed to produce (a 413)."""
 
 
 class TransientStoreError(IngestError):
