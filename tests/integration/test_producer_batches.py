@@ -32,6 +32,7 @@ MAX_BATCH = 200
 MAX_BODY = 64 * 1024
 SETTINGS = Settings(stream_shards=1, max_batch=MAX_BATCH, max_body_bytes=MAX_BODY)
 STREAM = SETTINGS.stream_key
+JSON = {"content-type": "application/json"}
 NDJSON = {"content-type": "application/x-ndjson"}
 GZIP = {"content-encoding": "gzip"}
 AT = format_ms(now_ms() // 1000 * 1000 - 60_000)
@@ -190,7 +191,7 @@ async def test_more_than_max_batch_events_is_413_and_enqueues_nothing(
 
 
 async def test_an_empty_batch_enqueues_nothing(client: Client, redis: Redis) -> None:
-    response = await client.post(URL, content=b" [ ] ")
+    response = await client.post(URL, content=b" [ ] ", headers=JSON)
     assert response.status_code == 200
     assert response.json() == {"ids": [], "count": 0}
     assert await redis.xlen(STREAM) == 0
@@ -198,7 +199,7 @@ async def test_an_empty_batch_enqueues_nothing(client: Client, redis: Redis) -> 
 
 async def test_a_malformed_array_is_400(client: Client, redis: Redis) -> None:
     body = JSON_ENCODER.encode(events(3))[:-1]
-    response = await client.post(URL, content=b"\n\t " + body)
+    response = await client.post(URL, content=b"\n\t " + body, headers=JSON)
     assert response.status_code == 400
     assert await redis.xlen(STREAM) == 0
 
@@ -260,8 +261,8 @@ async def test_other_content_types_are_415(client: Client, redis: Redis, content
 @pytest.mark.parametrize(
     ("body", "headers", "count"),
     [
-        (JSON_ENCODER.encode(events(1)[0]), {}, None),
-        (JSON_ENCODER.encode(events(30)), {}, 30),
+        (JSON_ENCODER.encode(events(1)[0]), JSON, None),
+        (JSON_ENCODER.encode(events(30)), JSON, 30),
         (ndjson(events(30)), NDJSON, 30),
     ],
     ids=["one-event", "json-array", "ndjson"],
@@ -298,7 +299,7 @@ async def test_gzip_bomb_is_413_quickly_without_inflating_it(client: Client, red
     tracemalloc.start()
     started = time.perf_counter()
     try:
-        response = await client.post(URL, content=compressed, headers=GZIP)
+        response = await client.post(URL, content=compressed, headers=JSON | GZIP)
         elapsed = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -317,8 +318,8 @@ async def test_a_body_exactly_at_the_limit_once_decompressed_is_accepted(
     payload = JSON_ENCODER.encode(events(1)[0])
     at_limit = payload + b" " * (MAX_BODY - len(payload))
 
-    accepted = await client.post(URL, content=gzip.compress(at_limit), headers=GZIP)
-    rejected = await client.post(URL, content=gzip.compress(at_limit + b" "), headers=GZIP)
+    accepted = await client.post(URL, content=gzip.compress(at_limit), headers=JSON | GZIP)
+    rejected = await client.post(URL, content=gzip.compress(at_limit + b" "), headers=JSON | GZIP)
 
     assert (accepted.status_code, rejected.status_code) == (200, 413)
     assert await redis.xlen(STREAM) == 1
@@ -330,7 +331,7 @@ async def test_a_body_exactly_at_the_limit_once_decompressed_is_accepted(
     ids=["not-gzip", "truncated", "trailing-garbage"],
 )
 async def test_malformed_gzip_is_400(client: Client, redis: Redis, body: bytes) -> None:
-    response = await client.post(URL, content=body, headers=GZIP)
+    response = await client.post(URL, content=body, headers=JSON | GZIP)
     assert response.status_code == 400
     assert "gzip" in response.json()["detail"]
     assert await redis.xlen(STREAM) == 0

@@ -27,6 +27,8 @@ SETTINGS = Settings(
 )
 STREAM = SETTINGS.stream_key
 GOOD = {"source": "sensor-a", "metric": "cpu", "value": 12.5}
+KEY = "write-key-events-0123456789"
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture
@@ -250,7 +252,7 @@ async def test_malformed_json_is_400_and_enqueues_nothing(
 async def test_a_json_value_that_is_neither_object_nor_array_is_422(
     client: Client, redis: Redis, body: bytes
 ) -> None:
-    response = await client.post(URL, content=body)
+    response = await client.post(URL, content=body, headers=JSON)
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] is None
     assert await redis.xlen(STREAM) == 0
@@ -271,7 +273,7 @@ async def test_json_nested_50000_levels_deep_is_a_client_error(
     # A body limit large enough for the nesting to reach the decoder.
     app = build_app(Settings(stream_shards=1, redis_url=redis_url))
     async with serve(app) as client:
-        response = await client.post(URL, content=body)
+        response = await client.post(URL, content=body, headers=JSON)
 
     assert response.status_code in {400, 422}
     assert response.json()["status_code"] == response.status_code
@@ -284,8 +286,8 @@ async def test_body_up_to_the_limit_is_read_and_one_byte_more_is_413(
     payload = JSON_ENCODER.encode(GOOD)
     at_limit = payload + b" " * (MAX_BODY - len(payload))
 
-    accepted = await client.post(URL, content=at_limit)
-    rejected = await client.post(URL, content=at_limit + b" ")
+    accepted = await client.post(URL, content=at_limit, headers=JSON)
+    rejected = await client.post(URL, content=at_limit + b" ", headers=JSON)
 
     assert accepted.status_code == 200
     assert rejected.status_code == 413
@@ -299,8 +301,8 @@ async def test_the_default_body_limit_is_one_mebibyte(
     payload = JSON_ENCODER.encode(GOOD)
     at_limit = payload + b" " * (1024 * 1024 - len(payload))
     async with serve(build_app(Settings(stream_shards=1, redis_url=redis_url))) as client:
-        accepted = await client.post(URL, content=at_limit)
-        rejected = await client.post(URL, content=at_limit + b" ")
+        accepted = await client.post(URL, content=at_limit, headers=JSON)
+        rejected = await client.post(URL, content=at_limit + b" ", headers=JSON)
 
     assert (accepted.status_code, rejected.status_code) == (200, 413)
     assert await redis.xlen(STREAM) == 1
@@ -317,12 +319,30 @@ async def test_json_content_types_are_accepted(client: Client, content_type: str
     assert response.status_code == 200
 
 
-async def test_body_without_content_type_is_read_as_json(
-    client: Client,
+async def test_without_api_keys_a_body_without_content_type_is_415_and_enqueues_nothing(
+    client: Client, redis: Redis
 ) -> None:
+    # What any web page can make a browser send cross-site without asking (fetch no-cors).
     response = await client.post(URL, content=JSON_ENCODER.encode(GOOD))
     assert "content-type" not in response.request.headers
+    assert response.status_code == 415
+    assert "Content-Type is required" in response.json()["detail"]
+    assert await redis.xlen(STREAM) == 0
+    process = await client.post("/api/ingest/workers/process", content=b'{"consumer":"c"}')
+    assert process.status_code == 415
+
+
+async def test_with_a_write_key_a_body_without_content_type_is_read_as_json(
+    redis: Redis, redis_url: str, serve: AppClient
+) -> None:
+    settings = dataclasses.replace(SETTINGS, redis_url=redis_url, write_keys=frozenset({KEY}))
+    async with serve(build_app(settings)) as client:
+        response = await client.post(
+            URL, content=JSON_ENCODER.encode(GOOD), headers={"authorization": f"Bearer {KEY}"}
+        )
+    assert "content-type" not in response.request.headers
     assert response.status_code == 200
+    assert await redis.xlen(STREAM) == 1
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from tests.ports import free_port
 
@@ -35,7 +36,8 @@ async def scrape(http: httpx.AsyncClient) -> dict[str, float]:
     """Every sample of /metrics as ``name{label="value",...}`` (labels sorted)."""
     response = await http.get("/metrics")
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
+    # Prometheus' own type, the charset named once.
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
     samples: dict[str, float] = {}
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:

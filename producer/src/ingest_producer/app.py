@@ -119,7 +119,7 @@ def create_app(
     app = Litestar(
         route_handlers=[
             enqueue_route(settings, window, appender, backlog),
-            process_route(redis, keys, group, processors),
+            process_route(redis, keys, group, processors, type_required=not settings.write_keys),
             *query_routes(redis, keys, group),
             *read_side_routes(settings, redis, ring),
             *health_routes(redis, keys, backlog),

@@ -38,9 +38,10 @@ _REPLAY_CONSTRAINTS = {
 }
 
 
-def dead_letter_routes(ctx: ReadContext) -> list[HTTPRouteHandler]:
+def dead_letter_routes(ctx: ReadContext, *, type_required: bool = False) -> list[HTTPRouteHandler]:
     """The dead-letter routes, bound to their collaborators. With several stream shards their
-    ids are qualified by shard (``<id>@<shard>``), and the document says so."""
+    ids are qualified by shard (``<id>@<shard>``), and the document says so. ``type_required``:
+    a replay without a Content-Type is refused (415)."""
     shards = len(ctx.keys.shards)
     body = ReplayRequest if shards == 1 else ShardedReplayRequest
     replay_decoder = msgspec.json.Decoder(body)
@@ -87,7 +88,7 @@ def dead_letter_routes(ctx: ReadContext) -> list[HTTPRouteHandler]:
         ),
     )
     async def replay(request: Request[Any, Any, Any]) -> ReplayResult:
-        require_json(request.scope)
+        require_json(request.scope, required=type_required)
         job = decode_json(await request.body(), replay_decoder)
         return await deadletters.replay(ctx, job)
 

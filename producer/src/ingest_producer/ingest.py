@@ -80,7 +80,8 @@ _INGEST_ERRORS = {
         ),
         415: (
             "Content-Type is not JSON (application/json, application/*+json) or "
-            "application/x-ndjson, or Content-Encoding is not gzip"
+            "application/x-ndjson (or is missing while no API keys are configured: any web "
+            "page could otherwise make a browser post here), or Content-Encoding is not gzip"
         ),
         422: (
             "Validation failed; `errors` names each field and, in a batch, the `index` of each "
@@ -201,6 +202,9 @@ def enqueue_route(
     """``POST /api/ingest/events``: validate one event or a batch and append it to the stream."""
     max_body, max_batch = settings.max_body_bytes, settings.max_batch
     guards = Guards(settings)
+    # Without write keys, any web page could make a browser post here with no Content-Type
+    # (a "simple" cross-site request): then a JSON or NDJSON Content-Type is required.
+    type_required = not settings.write_keys
 
     async def enqueue_batch(
         request: Request[Any, Any, Any],
@@ -245,7 +249,7 @@ def enqueue_route(
         # The hot path: one pass over the headers, the body decoded once, nothing logged.
         if backlog.overloaded:
             raise _overloaded(backlog)
-        headers = ingest_headers(request.scope)
+        headers = ingest_headers(request.scope, type_required=type_required)
         body = await request.body()
         if headers.gzip:
             body = gunzip(body, max_body)
@@ -341,7 +345,12 @@ def _overloaded(backlog: BacklogMonitor) -> HTTPException:
 
 
 def process_route(
-    redis: RedisClient, keys: Keys, group: str, processors: Sequence[BatchProcessor]
+    redis: RedisClient,
+    keys: Keys,
+    group: str,
+    processors: Sequence[BatchProcessor],
+    *,
+    type_required: bool = False,
 ) -> HTTPRouteHandler:
     """``POST /api/ingest/workers/process``: one batch through the worker's processor.
 
@@ -363,7 +372,7 @@ def process_route(
         opt={ACCESS_OPT: Access.WRITE},
     )
     async def process_entries(request: Request[Any, Any, Any]) -> Processed:
-        require_json(request.scope)
+        require_json(request.scope, required=type_required)
         job = decode_json(await request.body(), PROCESS_DECODER)
         # int(): typed float so that 482.0 decodes (see models.WholeCount); an int already.
         count, consumer = int(job.count), job.consumer

@@ -60,28 +60,42 @@ class IngestHeaders(NamedTuple):
     idempotency_key: bytes | None
 
 
-def require_json(scope: Scope) -> None:
-    """Raise 415 unless the Content-Type is absent, application/json or application/*+json."""
+def require_json(scope: Scope, *, required: bool = False) -> None:
+    """Raise 415 unless the Content-Type is application/json or application/*+json, or absent
+    and not ``required``."""
     for name, value in scope["headers"]:
         if name == _CONTENT_TYPE:
             if not _is_json(value):
                 detail = f"unsupported Content-Type {_show(value)}; send application/json"
                 raise HTTPException(detail=detail, status_code=415)
             return
+    if required:
+        raise _missing_content_type("application/json")
 
 
-def ingest_headers(scope: Scope) -> IngestHeaders:
-    """Content-Type (JSON or NDJSON, else 415), Content-Encoding (gzip or none, else 415) and
-    Idempotency-Key (1-256 printable ASCII characters, else 422)."""
-    ndjson = gzip = False
+def _missing_content_type(wanted: str) -> HTTPException:
+    # Without API keys, a body with no Content-Type (or a form type) is what any web page can
+    # make a browser send to this service without asking it first (a "simple" request).
+    detail = f"Content-Type is required without API keys; send {wanted}"
+    return HTTPException(detail=detail, status_code=415)
+
+
+def ingest_headers(scope: Scope, *, type_required: bool = False) -> IngestHeaders:
+    """Content-Type (JSON or NDJSON, else 415; absent: JSON, unless ``type_required``),
+    Content-Encoding (gzip or none, else 415) and Idempotency-Key (1-256 printable ASCII
+    characters, else 422)."""
+    ndjson = gzip = typed = False
     idempotency_key = None
     for name, value in scope["headers"]:
         if name == _CONTENT_TYPE:
             ndjson = _is_ndjson(value)
+            typed = True
         elif name == _CONTENT_ENCODING:
             gzip = _is_gzip(value)
         elif name == _IDEMPOTENCY_KEY:
             idempotency_key = _idempotency_key(value)
+    if type_required and not typed:
+        raise _missing_content_type("application/json or application/x-ndjson")
     return IngestHeaders(ndjson, gzip, idempotency_key)
 
 

@@ -87,6 +87,11 @@ class RequestObserver:
         duration.observe(seconds)
 
 
+# Litestar appends "; charset=utf-8" to every text/* type: give it the type without one, so
+# the header names the charset once (prometheus_client's constant already has it).
+_METRICS_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
+
+
 def metrics_route(multiprocess_dir: str | None) -> HTTPRouteHandler:
     """``GET /metrics``: open, like ``/health`` (restrict it at the network level)."""
 
@@ -94,7 +99,7 @@ def metrics_route(multiprocess_dir: str | None) -> HTTPRouteHandler:
         "/metrics",
         tags=["health"],
         summary="Prometheus metrics (requests, events, Redis errors, queue gauges)",
-        media_type=CONTENT_TYPE_LATEST,
+        media_type=_METRICS_TYPE,
     )
     async def prometheus_metrics() -> Response[bytes]:
         registry = REGISTRY
@@ -102,6 +107,6 @@ def metrics_route(multiprocess_dir: str | None) -> HTTPRouteHandler:
             # Every uvicorn process writes its values under the directory; sum them here.
             registry = CollectorRegistry()
             MultiProcessCollector(registry, multiprocess_dir)  # type: ignore[no-untyped-call]
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=_METRICS_TYPE)
 
     return prometheus_metrics

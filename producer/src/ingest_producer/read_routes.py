@@ -36,7 +36,9 @@ def read_side_routes(
 ) -> list[HTTPRouteHandler]:
     """Every read-side route (queries and dead letters) on one read context."""
     ctx = create_read_context(settings, redis)
-    return [*read_routes(ctx, ring), *dead_letter_routes(ctx)]
+    # Without write keys a write needs a JSON Content-Type (see jsonbody.require_json).
+    type_required = not settings.write_keys
+    return [*read_routes(ctx, ring), *dead_letter_routes(ctx, type_required=type_required)]
 
 
 def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
