@@ -150,26 +150,13 @@ class Bench:
         name = f"producer-{workers}p" + ("" if metrics else "-nometrics")
         if max_backlog is not None:
             name += "-backlog"
-        if name in self.servers:
-            return self.servers[name]
-        script = venv_script("ingest-producer")
-        if script is None:
-            self.unavailable.setdefault(name, "ingest-producer is not installed")
-            return None
-        port = free_port()
-        env = self.product_env(
-            INGEST_HTTP_HOST=HOST,
-            INGEST_HTTP_PORT=str(port),
-            INGEST_HTTP_WORKERS=str(workers),
-            INGEST_METRICS="on" if metrics else "off",
-        )
+        extra = {
+            "INGEST_HTTP_WORKERS": str(workers),
+            "INGEST_METRICS": "on" if metrics else "off",
+        }
         if max_backlog is not None:
-            env["INGEST_MAX_BACKLOG"] = str(max_backlog)
-        server = Server(
-            name, [str(script)], env, self.workdir / "logs",
-            ready=http_ready(f"http://{HOST}:{port}/ready"), port=port,
-        )  # fmt: skip
-        return self._start(server)
+            extra["INGEST_MAX_BACKLOG"] = str(max_backlog)
+        return self._producer(name, product_defaults=False, **extra)
 
     def worker(self, index: int, variant: str = "") -> Server | None:
         """`ingest-worker` process number `index` (its own consumer name).
@@ -202,6 +189,10 @@ class Bench:
     def default_producer(self, name: str, **extra: str) -> Server | None:
         """`ingest-producer` with the product's defaults (shards, INGEST_MAX_BACKLOG,
         INGEST_HTTP_WORKERS) plus `extra`, under `name`; None if it did not start."""
+        return self._producer(name, product_defaults=True, **extra)
+
+    def _producer(self, name: str, *, product_defaults: bool, **extra: str) -> Server | None:
+        """An `ingest-producer` on a free port, ready once `/ready` answers, under `name`."""
         if name in self.servers:
             return self.servers[name]
         script = venv_script("ingest-producer")
@@ -210,7 +201,10 @@ class Bench:
             return None
         port = free_port()
         env = self.product_env(
-            product_defaults=True, INGEST_HTTP_HOST=HOST, INGEST_HTTP_PORT=str(port), **extra
+            product_defaults=product_defaults,
+            INGEST_HTTP_HOST=HOST,
+            INGEST_HTTP_PORT=str(port),
+            **extra,
         )
         server = Server(
             name, [str(script)], env, self.workdir / "logs",

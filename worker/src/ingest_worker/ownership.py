@@ -62,9 +62,15 @@ def lease_ms(settings: Settings) -> int:
     return max(MIN_LEASE_MS, settings.claim_idle_ms // 2)
 
 
+def _score(worker: str, shard: Shard) -> int:
+    """``worker``'s rendezvous score for ``shard``: the same in every process."""
+    return stable_hash(f"{worker}|{shard.tag}")
+
+
 def owner_of(shard: Shard, workers: Sequence[str]) -> str | None:
-    """The rendezvous winner for ``shard`` among ``workers`` (None without workers)."""
-    return max(workers, key=lambda worker: stable_hash(f"{worker}|{shard.tag}"), default=None)
+    """The rendezvous winner for ``shard`` among ``workers`` (None without workers): the
+    worker :func:`assign` tries first."""
+    return max(workers, key=lambda worker: _score(worker, shard), default=None)
 
 
 def assign(shards: Sequence[Shard], workers: Sequence[str]) -> dict[str, str]:
@@ -81,8 +87,8 @@ def assign(shards: Sequence[Shard], workers: Sequence[str]) -> dict[str, str]:
     held = dict.fromkeys(workers, 0)
     owners: dict[str, str] = {}
     for shard in shards:
-        ranked = sorted(workers, key=lambda worker: stable_hash(f"{worker}|{shard.tag}"))
-        for worker in reversed(ranked):
+        ranked = sorted(workers, key=lambda worker: _score(worker, shard), reverse=True)
+        for worker in ranked:
             if held[worker] < cap:
                 owners[shard.tag] = worker
                 held[worker] += 1
