@@ -83,9 +83,9 @@ def test_madd_command_is_byte_for_byte_what_redis_py_would_send() -> None:
         (False, samples),
     ):
         expected = ["TS.MADD"]
-        for metric, source, ts, value in samples:  # the per-device elements first ...
+        for metric, source, ts, value, _ in samples:  # the per-device elements first ...
             expected += [series_pair(KEYS, metric, source, SHARD)[1], ts, value]  # type: ignore[list-item]
-        for metric, source, ts, value in per_metric:  # ... then the per-metric ones
+        for metric, source, ts, value, _ in per_metric:  # ... then the per-metric ones
             expected += [series_pair(KEYS, metric, source, SHARD)[0], ts, value]  # type: ignore[list-item]
         command, elements = madd_command(samples, known, collapse=collapse)
         assert command == redis_py_packed(*expected)

@@ -52,7 +52,7 @@ def stream(draw: st.DrawFn) -> list[list[tuple[bytes, Sample]]]:
             source = draw(st.sampled_from(SOURCES))
             value = float(draw(st.integers(-1000, 1000)))
             eid = b"%d-%d" % (BASE_MS + request, n)
-            samples.append((eid, tuple.__new__(Sample, (metric, source, at, value))))
+            samples.append((eid, Sample(metric, source, at, value)))
     cuts = sorted(draw(st.sets(st.integers(1, max(1, len(samples) - 1)), max_size=12)))
     bounds = [0, *cuts, len(samples)]
     return [samples[a:b] for a, b in itertools.pairwise(bounds) if b > a]
@@ -81,7 +81,7 @@ def test_every_entry_is_written_and_acked_once_at_most_one_batch_late(
 def last_values(order: list[Sample]) -> dict[tuple[str, int], float]:
     """What a per-metric series with DUPLICATE_POLICY LAST keeps after these writes."""
     kept: dict[tuple[str, int], float] = {}
-    for metric, _, ts, value in order:
+    for metric, _, ts, value, _ in order:
         kept[metric, ts] = value
     return kept
 
@@ -95,9 +95,9 @@ def test_series_keep_the_same_values_as_without_holding_back(
     written = [s for batch in run(batches) for s in batch.samples]
     assert last_values(written) == last_values(in_stream_order)
     devices: dict[tuple[str, str, int], float] = {}
-    for metric, source, ts, value in in_stream_order:
+    for metric, source, ts, value, _ in in_stream_order:
         devices[metric, source, ts] = value
-    assert {(m, s, t): v for m, s, t, v in written} == devices
+    assert {(m, s, t): v for m, s, t, v, _ in written} == devices
 
 
 def upserts(batches: list[list[Sample]]) -> int:
@@ -122,7 +122,7 @@ def test_gateway_traffic_causes_few_upserts_where_plain_batches_cause_many() -> 
     for request in range(200):
         at = BASE_MS + request // 2 - (1 if request % 4 == 3 else 0)
         for n in range(10):
-            sample = tuple.__new__(Sample, (METRICS[n % 2], f"dev-{n}", at, float(request)))
+            sample = Sample(METRICS[n % 2], f"dev-{n}", at, float(request))
             samples.append((b"%d-%d" % (request, n), sample))
     batches = [samples[i : i + 37] for i in range(0, len(samples), 37)]
     plain = upserts([[s for _, s in entries] for entries in batches])
@@ -134,7 +134,7 @@ def test_gateway_traffic_causes_few_upserts_where_plain_batches_cause_many() -> 
 
 def test_a_batch_of_one_millisecond_is_held_whole_then_released() -> None:
     entries = [
-        (b"1-%d" % n, tuple.__new__(Sample, ("cpu", f"dev-{n}", BASE_MS, 1.0))) for n in range(3)
+        (b"1-%d" % n, Sample("cpu", f"dev-{n}", BASE_MS, 1.0)) for n in range(3)
     ]
     batch, held = hold_back(prepared(entries), Held())
     assert (batch.ids, batch.samples) == ([], [])
@@ -145,10 +145,10 @@ def test_a_batch_of_one_millisecond_is_held_whole_then_released() -> None:
 
 
 def test_held_samples_are_written_with_the_next_batch_whatever_it_holds() -> None:
-    first = [(b"1-0", tuple.__new__(Sample, ("cpu", "a", BASE_MS + 10, 1.0)))]
+    first = [(b"1-0", Sample("cpu", "a", BASE_MS + 10, 1.0))]
     _, held = hold_back(prepared(first), Held())
     # The next batch is all newer: the held sample goes now, its successor waits in turn.
-    second = [(b"2-0", tuple.__new__(Sample, ("cpu", "a", BASE_MS + 10 + HOLD_BACK_MS + 5, 2.0)))]
+    second = [(b"2-0", Sample("cpu", "a", BASE_MS + 10 + HOLD_BACK_MS + 5, 2.0))]
     batch, held = hold_back(prepared(second), held)
     assert batch.stored_ids == [b"1-0"]
     assert batch.ids == [b"1-0"]

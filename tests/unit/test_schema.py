@@ -121,7 +121,7 @@ def test_stream_entry_round_trip() -> None:
     out = WINDOW.accept(decode(value=0.1, occurredAt="2026-03-19T11:00:00.5Z"), NOW)
     fields = {k: v.encode() for k, v in out.stream_fields().items()}
     sample = sample_from_entry(b"1-0", fields, WINDOW, NOW)
-    assert sample == ("cpu", "sensor-a", NOW - 3_600_000 + 500, 0.1)
+    assert sample == ("cpu", "sensor-a", NOW - 3_600_000 + 500, 0.1, None)
 
 
 @pytest.mark.parametrize(

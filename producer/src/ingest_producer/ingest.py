@@ -55,6 +55,7 @@ from ingest_shared.schema import (
     EventOut,
     TelemetryEvent,
     TimeWindow,
+    check_labels,
     now_ms,
 )
 from ingest_shared.settings import Settings
@@ -181,11 +182,13 @@ def accept_batch(window: TimeWindow, events: list[TelemetryEvent]) -> list[Event
     errors: list[FieldError] = []
     invalid = 0
     for index, event in enumerate(events):
-        if event.occurredAt is None:
-            # Stamped by the append function, in stream order (see ingest_append).
-            accepted.append(EventOut(event.source, event.metric, event.value, STAMP_AT_APPEND))
-            continue
         try:
+            if event.occurredAt is None:
+                # Stamped by the append function, in stream order (see ingest_append).
+                labels = None if event.labels is None else check_labels(event.labels)
+                out = EventOut(event.source, event.metric, event.value, STAMP_AT_APPEND, labels)
+                accepted.append(out)
+                continue
             accepted.append(window.accept(event, now))
         except InvalidEventError as exc:
             invalid += 1

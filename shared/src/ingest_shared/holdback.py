@@ -53,12 +53,12 @@ def hold_back(
     samples = held.samples + batch.samples
     stored_ids = held.ids + batch.stored_ids
     cut: dict[str, int] = {}
-    for metric, _, ts, _ in samples:
+    for metric, _, ts, _, _ in samples:
         if ts > cut.get(metric, -1):
             cut[metric] = ts
     for metric in cut:
         cut[metric] -= window_ms + 1
-    for metric, _, ts, _ in held.samples:
+    for metric, _, ts, _, _ in held.samples:
         cut[metric] = max(cut[metric], ts)
     now_ids: list[bytes] = []
     now_samples: list[Sample] = []

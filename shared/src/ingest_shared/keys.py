@@ -31,6 +31,9 @@ FIELD_SOURCE = b"source"
 FIELD_METRIC = b"metric"
 FIELD_VALUE = b"value"
 FIELD_OCCURRED_AT = b"occurredAt"
+# Only on events with labels: their canonical JSON object (keys sorted, no spaces). Always the
+# last field, so an unlabeled event is the tutorial's four fields exactly.
+FIELD_LABELS = b"labels"
 # What the worker's read functions put in place of an entry over INGEST_MAX_ENTRY_BYTES: its
 # size and a bounded prefix of its fields (see lua/worker.lua).
 FIELD_OVERSIZED = b"__oversized__"
@@ -56,6 +59,14 @@ KIND_SOURCE_ROLLUP = "source-rollup"
 # Rollup series also carry their aggregation and bucket, so a FILTER can pick one rollup.
 LABEL_AGG = "agg"
 LABEL_BUCKET_MS = "bucketMs"
+
+# Label names the service sets itself: an event's own labels may not use them.
+RESERVED_LABELS = frozenset(
+    (LABEL_METRIC, LABEL_SOURCE, LABEL_KIND, LABEL_SHARD, LABEL_AGG, LABEL_BUCKET_MS)
+)
+# Between a device's source and its label set's digest in a series identity (a source never
+# holds it: see schema.SOURCE_PATTERN).
+_IDENTITY_MARK = "|"
 
 # The aggregations a rollup (INGEST_ROLLUPS) or a range query may use.
 AGGREGATIONS = ("avg", "min", "max", "sum", "count", "first", "last", "range", "std.p")
@@ -147,6 +158,17 @@ def spread_tags(count: int) -> tuple[str, ...]:
             attempt += 1
         tags.append(f"s{index}.{attempt}")
     return tuple(tags)
+
+
+def series_identity(source: str, labels_digest: str) -> str:
+    """What names a device's series with a label set: its source and the set's digest (an
+    event without labels is named by its source alone, as before labels existed)."""
+    return f"{source}{_IDENTITY_MARK}{labels_digest}"
+
+
+def identity_source(identity: str) -> str:
+    """The source of a :func:`series_identity` (or of a plain source: itself)."""
+    return identity.partition(_IDENTITY_MARK)[0]
 
 
 def stable_hash(text: str) -> int:
@@ -254,13 +276,16 @@ class Keys:
 
     def _device(self, metric: str, source: str) -> str:
         """The per-device part of a series key: ``{metric|source}`` (a slot per device), or on a
-        cluster ``{<shard tag>}:metric|source`` (a slot per shard)."""
+        cluster ``{<shard tag>}:metric|source`` (a slot per shard). ``source`` may be a
+        :func:`series_identity` (``source|<labels digest>``): the shard is its source's."""
         if self.cluster:
-            return f"{{{self.shard_of_source(source).tag}}}:{metric}|{source}"
+            tag = self.shard_of_source(identity_source(source)).tag
+            return f"{{{tag}}}:{metric}|{source}"
         return f"{{{metric}|{source}}}"
 
     def source_raw(self, metric: str, source: str) -> str:
-        """The per-(metric, source) raw series: no two devices overwrite each other."""
+        """The per-(metric, source) raw series: no two devices overwrite each other. With
+        labels, ``source`` is the :func:`series_identity`: one series per label set."""
         return f"{self.series_prefix}:{self._device(metric, source)}:raw"
 
     def source_rollup(self, metric: str, source: str) -> str:

@@ -44,6 +44,12 @@ _KNOWN_SERIES_LIMIT = 200_000
 Failure = tuple[bytes, str, "dict[bytes, bytes] | None"]
 
 
+def _labels_of(samples: Sequence[Sample]) -> dict[str, dict[str, str]] | None:
+    """The labels of each series identity in ``samples`` (None when no sample has any)."""
+    found = {s.source: s.labels for s in samples if s.labels is not None}
+    return found or None
+
+
 class BatchResult(Base, omit_defaults=True):
     """What one batch did; the process route returns it as JSON. ``reasons`` counts the dead
     letters by class: invalid, rejected (by TimeSeries), oversized, max_deliveries."""
@@ -285,7 +291,9 @@ class BatchProcessor:
             known.clear()
             self._slots.clear()
             new = {(s.metric, s.source) for s in samples}
-        await ensure_series(self._redis, self._keys, self._layout, new, self._shard)
+        await ensure_series(
+            self._redis, self._keys, self._layout, new, self._shard, labels=_labels_of(samples)
+        )
         self._remember(new)
 
     def _remember(self, pairs: set[tuple[str, str]]) -> None:
@@ -298,10 +306,13 @@ class BatchProcessor:
         pairs = {(s.metric, s.source) for _, s in samples}
         for pair in pairs:
             self._known.get(pair[0], {}).pop(pair[1], None)
-        await ensure_series(self._redis, self._keys, self._layout, pairs, self._shard)
+        labels = _labels_of([s for _, s in samples])
+        await ensure_series(
+            self._redis, self._keys, self._layout, pairs, self._shard, labels=labels
+        )
         self._remember(pairs)
         pipe = self._redis.pipeline(transaction=False)
-        for _, (metric, source, ts, value) in samples:
+        for _, (metric, source, ts, value, _labels) in samples:
             for key in series_pair(self._keys, metric, source, self._shard):
                 pipe.execute_command("TS.ADD", key, ts, value, "ON_DUPLICATE", "LAST")
         results = await pipe.execute(raise_on_error=False)

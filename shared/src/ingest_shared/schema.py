@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import math
 import re
 from typing import Annotated, NamedTuple
@@ -30,6 +31,32 @@ METRIC_PATTERN = r"\A[A-Za-z0-9_.\-]+\Z"
 SOURCE_PATTERN = r"\A[A-Za-z0-9_.:@/\-]+\Z"
 Metric = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=METRIC_PATTERN)]
 Source = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=SOURCE_PATTERN)]
+# Labels: what tells apart series of one device and metric beyond the source (Telegraf's
+# cpu=cpu0, Prometheus' job, an OTLP attribute). Bounded, so one event cannot create a huge
+# key or label set. Names: a letter or "_" first (Prometheus, OTLP and Influx tags fit), no
+# character a TimeSeries FILTER gives a meaning to ("=", "!", "(", ",", space).
+LABELS_MAX = 32
+LABEL_VALUE_MAX = 256
+LABELS_MAX_BYTES = 4096  # the whole set as canonical JSON
+LABEL_NAME_PATTERN = r"\A[A-Za-z_][A-Za-z0-9_.:/\-]*\Z"
+LABEL_VALUE_PATTERN = r"\A[^\x00-\x1f\x7f]+\Z"  # any text but control characters
+LabelName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=LABEL_NAME_PATTERN)
+]
+LabelValue = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=LABEL_VALUE_MAX, pattern=LABEL_VALUE_PATTERN)
+]
+Labels = Annotated[
+    dict[LabelName, LabelValue],
+    msgspec.Meta(
+        max_length=LABELS_MAX,
+        description=(
+            f"Optional labels (at most {LABELS_MAX}, {LABELS_MAX_BYTES} bytes as JSON) that "
+            "tell apart series of one source and metric; each set is its own series. Names "
+            f"{', '.join(sorted(keys.RESERVED_LABELS))} are reserved."
+        ),
+    ),
+]
 # Times the API documents as RFC 3339 (msgspec states no format for a datetime that may be
 # naive; a naive one is still accepted, as UTC). Request bodies are documented from msgspec's
 # JSON schema, which takes the keys as they are; responses by Litestar, which takes "extra".
@@ -50,41 +77,78 @@ class TelemetryEvent(Base):
     metric: Metric
     value: FiniteFloat
     occurredAt: Annotated[dt.datetime, DATE_TIME] | None = None
+    labels: Labels | None = None
 
 
 # occurredAt of a batch's event the server stamps: the append function puts its own time there.
 STAMP_AT_APPEND = ""
 
 
-class EventOut(Base):
-    """A validated event as the API echoes it and the stream stores it: ``occurredAt`` in UTC."""
+class EventOut(Base, omit_defaults=True):
+    """A validated event as the API echoes it and the stream stores it: ``occurredAt`` in UTC;
+    ``labels`` None when it has none (never empty)."""
 
     source: str
     metric: str
     value: float
     occurredAt: Annotated[str, DATE_TIME_OUT]
+    labels: dict[str, str] | None = None
 
     def stream_fields(self) -> dict[bytes, str]:
-        """The stream entry fields, in the tutorial's names."""
-        return {
+        """The stream entry fields, in the tutorial's names (labels last, only if any)."""
+        fields = {
             keys.FIELD_SOURCE: self.source,
             keys.FIELD_METRIC: self.metric,
             keys.FIELD_VALUE: repr(self.value),
             keys.FIELD_OCCURRED_AT: self.occurredAt,
         }
+        if self.labels:
+            fields[keys.FIELD_LABELS] = canonical_labels(self.labels).decode()
+        return fields
 
 
 class Sample(NamedTuple):
-    """A validated reading reduced to what a series stores (a tuple: one is built per entry)."""
+    """A validated reading reduced to what a series stores (a tuple: one is built per entry).
+
+    ``source`` names the device's series: its source, or with labels its
+    :func:`~ingest_shared.keys.series_identity` (``labels`` then holds them).
+    """
 
     metric: str
     source: str
     timestamp_ms: int
     value: float
+    labels: dict[str, str] | None = None
 
 
 EVENT_DECODER = msgspec.json.Decoder(TelemetryEvent)
 JSON_ENCODER = msgspec.json.Encoder()
+_SORTED_ENCODER = msgspec.json.Encoder(order="sorted")
+_LABELS_DECODER = msgspec.json.Decoder(Labels)
+
+
+def canonical_labels(labels: dict[str, str]) -> bytes:
+    """``labels`` as the stream stores them: one JSON object, keys sorted, no spaces."""
+    return _SORTED_ENCODER.encode(labels)
+
+
+def check_labels(labels: dict[str, str] | None) -> dict[str, str] | None:
+    """``labels`` if a series may carry them (None for none or an empty set); raise
+    InvalidEventError for a reserved name or a set over LABELS_MAX_BYTES."""
+    if not labels:
+        return None
+    reserved = keys.RESERVED_LABELS.intersection(labels)
+    if reserved:
+        msg = (
+            f"labels: {', '.join(sorted(reserved))} reserved (the service sets "
+            f"{', '.join(sorted(keys.RESERVED_LABELS))} itself)"
+        )
+        raise InvalidEventError(msg, "labels")
+    size = len(canonical_labels(labels))
+    if size > LABELS_MAX_BYTES:
+        msg = f"labels: {size} bytes as JSON, more than {LABELS_MAX_BYTES}"
+        raise InvalidEventError(msg, "labels")
+    return labels
 
 
 def now_ms() -> int:
@@ -139,7 +203,57 @@ class TimeWindow(Base):
     def accept(self, event: TelemetryEvent, now: int) -> EventOut:
         """The producer's check: the event as it will be enqueued and echoed."""
         ts = self.timestamp_ms(event, now)
-        return EventOut(event.source, event.metric, event.value, format_ms(ts))
+        labels = None if event.labels is None else check_labels(event.labels)
+        return EventOut(event.source, event.metric, event.value, format_ms(ts), labels)
+
+
+def valid_labels(labels: dict[str, str]) -> dict[str, str] | None:
+    """``labels`` checked as an event's (None for an empty set); InvalidEventError naming the
+    rule otherwise. For labels that did not come through the JSON decoder (protocols)."""
+    try:
+        checked = msgspec.convert(labels, Labels)
+    except msgspec.ValidationError as exc:
+        raise _invalid_labels(exc) from None
+    return check_labels(checked)
+
+
+def accept_reading(
+    window: TimeWindow,
+    now: int,
+    *,
+    metric: str,
+    source: str,
+    value: float,
+    timestamp_ms: int | None,
+    labels: dict[str, str] | None,
+) -> EventOut:
+    """A reading that did not come as a JSON event (a protocol's sample), checked by the same
+    rules: names, a finite value, the time window (None: stamped at append). ``labels`` must
+    already be :func:`valid_labels`' result. Raises InvalidEventError naming the field."""
+    if _METRIC_RE.search(metric) is None or len(metric) > NAME_MAX:
+        msg = (
+            f"metric {metric[:NAME_MAX]!r}: must be 1\u2013{NAME_MAX} characters: letters, "
+            "digits, `_ . -`"
+        )
+        raise InvalidEventError(msg, "metric")
+    if _SOURCE_RE.search(source) is None or len(source) > NAME_MAX:
+        msg = (
+            f"source {source[:NAME_MAX]!r}: must be 1\u2013{NAME_MAX} characters: letters, "
+            "digits, `_ . : @ / -`"
+        )
+        raise InvalidEventError(msg, "source")
+    if not math.isfinite(value) or abs(value) > _MAX_FLOAT:
+        msg = "value: must be a finite number"
+        raise InvalidEventError(msg, "value")
+    if timestamp_ms is None:
+        return EventOut(source, metric, value, STAMP_AT_APPEND, labels)
+    if timestamp_ms > now + window.max_clock_skew_ms:
+        msg = f"occurredAt: is more than {window.max_clock_skew_ms} ms in the future"
+        raise InvalidEventError(msg, "occurredAt")
+    if timestamp_ms < now - window.retention_ms or timestamp_ms < 0:
+        msg = f"occurredAt: is older than the retention period ({window.retention_ms} ms)"
+        raise InvalidEventError(msg, "occurredAt")
+    return EventOut(source, metric, value, format_ms(timestamp_ms), labels)
 
 
 # The worker's fast path (see sample_from_entry). It only ever accepts; anything it is not sure
@@ -156,6 +270,49 @@ _metrics: dict[bytes, str] = {}
 _sources: dict[bytes, str] = {}
 _seconds: dict[bytes, int] = {}
 _occurred: dict[bytes, int] = {}  # whole occurredAt values
+_labels: dict[bytes, tuple[str, dict[str, str]]] = {}  # labels field -> (digest, labels)
+
+
+def labels_from_field(raw: bytes) -> tuple[str, dict[str, str]] | None:
+    """The digest and labels of a stream entry's labels field (None: no labels); raise
+    InvalidEventError if they are not a valid label set. Written by anyone, so re-encoded
+    canonically: the digest names one label set however its JSON was spelled."""
+    found = _labels.get(raw)
+    if found is not None:
+        return found
+    try:
+        labels = check_labels(_LABELS_DECODER.decode(raw))
+    except msgspec.ValidationError as exc:
+        raise _invalid_labels(exc) from None
+    except msgspec.DecodeError:
+        msg = "labels: not a JSON object"
+        raise InvalidEventError(msg, "labels") from None
+    if labels is None:
+        return None
+    digest = hashlib.blake2b(canonical_labels(labels), digest_size=8).hexdigest()
+    if len(_labels) >= _CACHE_LIMIT:
+        _labels.clear()
+    found = _labels[raw] = (digest, labels)
+    return found
+
+
+def _invalid_labels(error: msgspec.ValidationError) -> InvalidEventError:
+    """msgspec's verdict on a labels field, in words."""
+    return InvalidEventError(f"labels: {labels_rule(str(error))}", "labels")
+
+
+def labels_rule(message: str) -> str:
+    """What a label set must be, for msgspec's ``message`` about one (error path only)."""
+    if "at `key` in" in message:
+        return (
+            f"names must be 1\u2013{NAME_MAX} characters: a letter or `_`, then letters, "
+            "digits, `_ . : / -`"
+        )
+    if "[...]" in message:
+        return f"values must be 1\u2013{LABEL_VALUE_MAX} characters, no control characters"
+    if "length <=" in message:
+        return f"at most {LABELS_MAX} labels"
+    return "must be a JSON object of string values"
 
 
 def _valid_name(raw: bytes, pattern: re.Pattern[str], cache: dict[bytes, str]) -> str | None:
@@ -223,7 +380,16 @@ def _fast_sample(fields: dict[bytes, bytes], window: TimeWindow, now: int) -> Sa
     source = fields.get(keys.FIELD_SOURCE)
     raw_value = fields.get(keys.FIELD_VALUE)
     occurred = fields.get(keys.FIELD_OCCURRED_AT)
-    if metric is None or source is None or raw_value is None or occurred is None:
+    raw_labels = fields.get(keys.FIELD_LABELS)
+    labelled = None if raw_labels is None else _labels.get(raw_labels)
+    if (
+        metric is None
+        or source is None
+        or raw_value is None
+        or occurred is None
+        # Labels seen for the first time: the slow path validates and remembers them.
+        or (raw_labels is not None and labelled is None)
+    ):
         return None
     # Valid names are never empty, so `or` only runs the check on a cache miss.
     metric_name = _metrics.get(metric) or _valid_name(metric, _METRIC_RE, _metrics)
@@ -240,8 +406,12 @@ def _fast_sample(fields: dict[bytes, bytes], window: TimeWindow, now: int) -> Sa
     # TimeWindow.timestamp_ms's conditions: outside them, the slow path raises its error.
     if ts > now + window.max_clock_skew_ms or ts < now - window.retention_ms or ts < 0:
         return None
+    labels = None
+    if labelled is not None:
+        source_name = keys.series_identity(source_name, labelled[0])
+        labels = labelled[1]
     # tuple.__new__: Sample(...) runs a Python-level __new__, a visible cost per entry.
-    return tuple.__new__(Sample, (metric_name, source_name, ts, value))
+    return tuple.__new__(Sample, (metric_name, source_name, ts, value, labels))
 
 
 def sample_from_entry(
@@ -281,7 +451,13 @@ def _slow_sample(
         raise _invalid(exc) from None
     # An entry without occurredAt happened when it was enqueued, not when it is processed.
     ts = window.timestamp_ms(event, now, fallback_ms=int(entry_id.split(b"-", 1)[0]))
-    return Sample(event.metric, event.source, ts, event.value)
+    raw_labels = fields.get(keys.FIELD_LABELS)
+    labelled = None if raw_labels is None else labels_from_field(raw_labels)
+    if labelled is None:
+        return Sample(event.metric, event.source, ts, event.value)
+    digest, labels = labelled
+    identity = keys.series_identity(event.source, digest)
+    return Sample(event.metric, identity, ts, event.value, labels)
 
 
 def _invalid(error: msgspec.ValidationError) -> InvalidEventError:

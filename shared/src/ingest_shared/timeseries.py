@@ -19,10 +19,11 @@ from ingest_shared.redis_client import bulk, call
 from ingest_shared.schema import Base
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from ingest_shared.keys import Keys, Shard
     from ingest_shared.redis_client import RedisClient
+    from ingest_shared.schema import Sample
 
 # The exact errors that mean "already set up"; anything else from setup is a real failure.
 SERIES_EXISTS = "TSDB: key already exists"
@@ -60,11 +61,18 @@ def _create_args(key: str, retention_ms: int, labels: Sequence[str]) -> list[str
 
 
 def setup_commands(
-    keys: Keys, layout: SeriesLayout, metric: str, source: str | None, shard: Shard
+    keys: Keys,
+    layout: SeriesLayout,
+    metric: str,
+    source: str | None,
+    shard: Shard,
+    *,
+    labels: Mapping[str, str] | None = None,
 ) -> list[list[str | int]]:
     """TS.CREATE raw, then TS.CREATE + TS.CREATERULE per rollup: for ``shard``'s partial of a
-    metric (source None) or a pair. Rollups no longer configured are left alone; missing ones
-    are added."""
+    metric (source None) or a pair (``source`` a series identity when the event has
+    ``labels``, which every series of the pair then carries). Rollups no longer configured are
+    left alone; missing ones are added."""
     if source is None:
         raw = keys.metric_raw(metric, shard)
         name_labels = [k.LABEL_METRIC, metric, k.LABEL_SHARD, str(shard.index)]
@@ -72,7 +80,9 @@ def setup_commands(
         rollups = keys.partial_rollups
     else:
         raw = keys.source_raw(metric, source)
-        name_labels = [k.LABEL_METRIC, metric, k.LABEL_SOURCE, source]
+        name_labels = [k.LABEL_METRIC, metric, k.LABEL_SOURCE, k.identity_source(source)]
+        for pair in (labels or {}).items():
+            name_labels += pair
         raw_kind, rollup_kind = k.KIND_SOURCE_RAW, k.KIND_SOURCE_ROLLUP
         rollups = keys.rollups
     commands = [_create_args(raw, layout.retention_ms, [*name_labels, k.LABEL_KIND, raw_kind])]
@@ -81,7 +91,7 @@ def setup_commands(
             key = keys.metric_rollup_of(metric, shard, rollup)
         else:
             key = keys.source_rollup_of(metric, source, rollup)
-        labels = [
+        rollup_labels = [
             *name_labels,
             k.LABEL_KIND,
             rollup_kind,
@@ -90,7 +100,7 @@ def setup_commands(
             k.LABEL_BUCKET_MS,
             str(rollup.bucket_ms),
         ]
-        commands.append(_create_args(key, layout.rollup_retention_ms, labels))
+        commands.append(_create_args(key, layout.rollup_retention_ms, rollup_labels))
         commands.append(["TS.CREATERULE", raw, key, "AGGREGATION", rollup.agg, rollup.bucket_ms])
     return commands
 
@@ -101,9 +111,12 @@ async def ensure_series(
     layout: SeriesLayout,
     pairs: Iterable[tuple[str, str]],
     shard: Shard,
+    *,
+    labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> None:
     """Create the series, rollups and rules for ``pairs`` (metric, source) read from
-    ``shard``, with the shard's partial of each metric, in one round trip.
+    ``shard``, with the shard's partial of each metric, in one round trip. ``labels`` maps a
+    series identity (``keys.series_identity``) in ``pairs`` to its labels.
 
     Idempotent: tolerates exactly the two "already exists" errors; raises anything else.
     """
@@ -114,7 +127,8 @@ async def ensure_series(
             metrics.add(metric)
             for args in setup_commands(keys, layout, metric, None, shard):
                 pipe.execute_command(*args)
-        for args in setup_commands(keys, layout, metric, source, shard):
+        found = None if labels is None else labels.get(source)
+        for args in setup_commands(keys, layout, metric, source, shard, labels=found):
             pipe.execute_command(*args)
     if not metrics:
         return
@@ -141,9 +155,10 @@ MetricElements: TypeAlias = list[tuple[bytes, int]]
 
 
 def madd_command(
-    samples: Sequence[tuple[str, str, int, float]], known: KnownSeries, *, collapse: bool = True
+    samples: Sequence[Sample], known: KnownSeries, *, collapse: bool = True
 ) -> tuple[bytes, MetricElements]:
-    """One TS.MADD writing each (metric, source, ts, value) to its two series, as RESP bytes.
+    """One TS.MADD writing each sample (metric, source, ts, value) to its two series, as RESP
+    bytes.
 
     The per-device elements come first, one per sample, in order. Then the per-metric ones, in
     time order (:func:`in_time_order`): with ``collapse``, one per (metric, timestamp), holding
@@ -160,7 +175,7 @@ def madd_command(
     per_metric: dict[tuple[bytes, int], bytes] = {}
     uncollapsed: list[bytes] = []
     elements: MetricElements = []
-    for metric, source, ts, value in samples:
+    for metric, source, ts, value, _ in samples:
         raw, source_raw = known[metric][source]
         stamp = b"%d" % ts
         number = b"%r" % value  # repr, what redis-py itself sends for a float
@@ -188,7 +203,7 @@ SlotCommand: TypeAlias = tuple[bytes, bytes, list[int]]
 
 
 def madd_commands_by_slot(
-    samples: Sequence[tuple[str, str, int, float]],
+    samples: Sequence[Sample],
     known: KnownSeries,
     slots: dict[bytes, int],
     *,
@@ -214,7 +229,7 @@ def madd_commands_by_slot(
 
     per_metric: dict[tuple[bytes, int], bytes] = {}
     uncollapsed: list[tuple[tuple[bytes, int], bytes]] = []
-    for position, (metric, source, ts, value) in enumerate(samples):
+    for position, (metric, source, ts, value, _) in enumerate(samples):
         raw, source_raw = known[metric][source]
         stamp = b"%d" % ts
         number = b"%r" % value

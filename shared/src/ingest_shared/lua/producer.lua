@@ -12,7 +12,8 @@
 --       by), then per segment in order: its idempotency key (if its TTL > 0), then its rate key
 --       (if its limit > 0). On a cluster every key of a call shares one hash slot (one shard per
 --       call); on a single node one call may append to every shard's stream.
--- ARGV: 1 fields per event F   2..F+1 field names   F+2 number of streams S
+-- ARGV: 1 fields per event F   2..F+1 field names (a last "labels" is left out of an entry
+--       whose value is empty)   F+2 number of streams S
 --       then 2 per segment: ONE MessagePack array holding events N, idempotency TTL ms
 --       (0 = none), body hash, rate limit per window (0 = none), window ms, then each event's
 --       stream (N indexes in KEYS, 1..S), then the N * F field values (strings); and its echo
@@ -34,6 +35,9 @@ local SEGMENT_ARGS = 2
 -- A segment's array: this header, then N stream indexes, then N * F values.
 local HEADER = 5
 local STAMPED_FIELD = 'occurredAt'
+-- Named last by a call that holds events with labels; left out of an entry when empty, so an
+-- event without labels has the tutorial's four fields.
+local LABELS_FIELD = 'labels'
 
 -- rfc3339: epoch ms as YYYY-MM-DDTHH:MM:SS[.mmm]Z, milliseconds only when there are any (as
 -- ingest_shared.schema.format_ms). Days to a civil date: H. Hinnant's days_from_civil inverse.
@@ -74,13 +78,17 @@ local function append_values(keys, names, segment, count, clock)
     entry[2 * i - 1] = names[i]
     if names[i] == STAMPED_FIELD then stamped = 2 * i end
   end
+  local width = 2 * nfields
+  local labelled = names[nfields] == LABELS_FIELD
   local ids = {'ok'}
   local values = HEADER + count
   for e = 0, count - 1 do
     local base = values + e * nfields
     for i = 1, nfields do entry[2 * i] = segment[base + i] end
     if stamped > 0 and entry[stamped] == '' then entry[stamped] = now_stamp(clock) end
-    ids[e + 2] = redis.call('XADD', keys[segment[HEADER + 1 + e]], '*', unpack(entry))
+    local used = width
+    if labelled and entry[width] == '' then used = width - 2 end
+    ids[e + 2] = redis.call('XADD', keys[segment[HEADER + 1 + e]], '*', unpack(entry, 1, used))
   end
   return ids
 end
