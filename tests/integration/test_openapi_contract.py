@@ -26,7 +26,7 @@ from ingest_producer.models import ProcessRequest
 from ingest_producer.openapi import NDJSON, ecma_pattern, publishable
 from ingest_producer.reading import params
 from ingest_shared.keys import AGGREGATIONS
-from ingest_shared.schema import EVENT_DECODER, format_ms, now_ms
+from ingest_shared.schema import EVENT_DECODER, LabelName, LabelValue, format_ms, now_ms
 from ingest_shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -74,6 +74,22 @@ GOOD_TIMES = ["0", "1700000000000", "9999999999999"]
 BAD_TIMES = ["", "-1", "1e12", "17000000000000", "1700000000000.5", "now", "12\n"]
 GOOD_KEYS = ["k", "retry-1", "a b", "~" * 256, "!#$%&'()*+,-./:;<=>?@[]^_`{|}"]
 BAD_KEYS = ["", " a", "a ", "k" * 257, "tab\there", "é"]
+GOOD_LABEL_NAMES = ["cpu", "kinds", "metric.x", "_x", "host.name", "a:b/c-d_1", "L" * 128]
+BAD_LABEL_NAMES = [
+    "",
+    "kind",
+    "source",
+    "1cpu",
+    "a b",
+    "a=b",
+    "a,b",
+    "a(b",
+    "é",
+    "cpu\n",
+    "L" * 129,
+]
+GOOD_LABEL_VALUES = ["x", "a b", "netgo,builtinassets (x)", "é€", "100%", "v" * 256]
+BAD_LABEL_VALUES = ["", "a\nb", "tab\t", "\x7f", "v" * 257, "x\u0000"]
 GOOD_ENCODINGS = ["gzip", "GZIP", "x-gzip", "X-Gzip", "identity", "Identity", ""]
 BAD_ENCODINGS = ["br", "deflate", "gzip, br", "gzipx", "xgzip", "identit"]
 
@@ -125,6 +141,22 @@ RULES: dict[str, tuple[Callable[[str], bool], list[str]]] = {
         _accepts(_header("content-encoding")),
         GOOD_ENCODINGS + BAD_ENCODINGS,
     ),
+    "label": (
+        _accepts(lambda t: params.label_filters([t])),
+        [f"{n}={v}" for n in GOOD_LABEL_NAMES[:3] for v in GOOD_LABEL_VALUES]
+        + [f"{n}=x" for n in BAD_LABEL_NAMES]
+        + [f"cpu={v}" for v in BAD_LABEL_VALUES]
+        + ["cpu", "=x", "kind=x", "metric=cpu", "kinds=x", "cpu=a=b"],
+    ),
+    # An event's label set: its names (propertyNames) and values (additionalProperties).
+    "labels.name": (
+        _accepts(lambda t: msgspec.convert(t, LabelName)),
+        GOOD_LABEL_NAMES + BAD_LABEL_NAMES,
+    ),
+    "labels.value": (
+        _accepts(lambda t: msgspec.convert(t, LabelValue)),
+        GOOD_LABEL_VALUES + BAD_LABEL_VALUES,
+    ),
 }
 # The event body's names are also checked through the ingest decoder itself.
 BODY_RULES = {
@@ -151,6 +183,10 @@ class Found:
     schema: dict[str, Any]
 
 
+# The schemas of an object's keys and of its values (a map such as an event's labels).
+_MAP_PARTS = {"propertyNames": "name", "additionalProperties": "value"}
+
+
 def find_patterns(node: Any, where: str = "", name: str = "") -> Iterator[Found]:
     """Every schema object with a ``pattern``, named by the property/parameter it belongs to."""
     if isinstance(node, list):
@@ -167,6 +203,8 @@ def find_patterns(node: Any, where: str = "", name: str = "") -> Iterator[Found]
         if key == "properties" and isinstance(value, dict):
             for prop, sub in value.items():
                 yield from find_patterns(sub, f"{where}/properties/{prop}", prop)
+        elif key in _MAP_PARTS and isinstance(value, dict):
+            yield from find_patterns(value, f"{where}/{key}", f"{name}.{_MAP_PARTS[key]}")
         else:
             yield from find_patterns(value, f"{where}/{key}", name)
 

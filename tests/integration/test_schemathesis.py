@@ -40,7 +40,7 @@ from ingest_producer.asgi import build_app
 from ingest_producer.openapi import NDJSON
 from ingest_producer.reading import aggregates, params
 from ingest_producer.reading.ranges import DEFAULT_SPAN_MS
-from ingest_shared.schema import now_ms
+from ingest_shared.schema import LABELS_MAX_BYTES, canonical_labels, now_ms
 from ingest_shared.settings import Settings
 from ingest_shared.streams import dead_letter_fields
 
@@ -118,11 +118,15 @@ def _today(moment: object) -> object:
 
 
 def _events_in_window(body: Any) -> Any:
-    """occurredAt inside the server's window (INGEST_RETENTION_MS, INGEST_MAX_CLOCK_SKEW_MS)."""
+    """occurredAt inside the server's window (INGEST_RETENTION_MS, INGEST_MAX_CLOCK_SKEW_MS),
+    labels within their total size (LABELS_MAX_BYTES)."""
     events = body if isinstance(body, list) else [body]
     for event in events:
         if isinstance(event, dict) and "occurredAt" in event:
             event["occurredAt"] = _today(event["occurredAt"])
+        labels = event.get("labels") if isinstance(event, dict) else None
+        while isinstance(labels, dict) and len(canonical_labels(labels)) > LABELS_MAX_BYTES:
+            labels.pop(next(iter(labels)))
     return body
 
 

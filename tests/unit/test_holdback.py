@@ -133,9 +133,7 @@ def test_gateway_traffic_causes_few_upserts_where_plain_batches_cause_many() -> 
 
 
 def test_a_batch_of_one_millisecond_is_held_whole_then_released() -> None:
-    entries = [
-        (b"1-%d" % n, Sample("cpu", f"dev-{n}", BASE_MS, 1.0)) for n in range(3)
-    ]
+    entries = [(b"1-%d" % n, Sample("cpu", f"dev-{n}", BASE_MS, 1.0)) for n in range(3)]
     batch, held = hold_back(prepared(entries), Held())
     assert (batch.ids, batch.samples) == ([], [])
     assert held.ids == [eid for eid, _ in entries]

@@ -67,6 +67,14 @@ stamps = st.one_of(
 )
 
 
+label_names = st.one_of(st.sampled_from(["cpu", "host.name", "_x", "kind", "1a", ""]))
+label_sets = st.one_of(
+    st.dictionaries(label_names, st.text(max_size=4), max_size=3).map(sc._SORTED_ENCODER.encode),
+    st.sampled_from([b"{}", b"[]", b"{", b'{"cpu":1}', b'{"a":"x","a":"y"}', b"null"]),
+    st.binary(max_size=6),
+)
+
+
 @st.composite
 def entries(draw: st.DrawFn) -> dict[bytes, bytes]:
     fields = {
@@ -75,6 +83,8 @@ def entries(draw: st.DrawFn) -> dict[bytes, bytes]:
         keys.FIELD_VALUE: draw(values),
         keys.FIELD_OCCURRED_AT: draw(stamps),
     }
+    if draw(st.booleans()):
+        fields[keys.FIELD_LABELS] = draw(label_sets)
     dropped = draw(st.sets(st.sampled_from(list(fields)), max_size=1))
     return {k: v for k, v in fields.items() if k not in dropped}
 
@@ -155,3 +165,32 @@ def test_name_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         }
         assert sample_from_entry(ENTRY_ID, fields, WINDOW, NOW).metric == f"m{i}"
     assert len(sc._metrics) <= 10
+
+
+def test_an_entry_with_labels_names_its_series_by_source_and_label_digest() -> None:
+    fields = {
+        keys.FIELD_METRIC: b"cpu",
+        keys.FIELD_SOURCE: b"host1",
+        keys.FIELD_VALUE: b"1.5",
+        keys.FIELD_OCCURRED_AT: format_ms(NOW).encode(),
+        keys.FIELD_LABELS: b'{"mode":"idle","cpu":"cpu0"}',
+    }
+    first = sample_from_entry(ENTRY_ID, fields, WINDOW, NOW)  # slow path: validates, caches
+    again = sc._fast_sample(fields, WINDOW, NOW)
+    reordered = {**fields, keys.FIELD_LABELS: b'{"cpu":"cpu0","mode":"idle"}'}
+    other = sample_from_entry(
+        ENTRY_ID, {**fields, keys.FIELD_LABELS: b'{"cpu":"cpu1"}'}, WINDOW, NOW
+    )
+
+    assert first == again
+    assert first.labels == {"mode": "idle", "cpu": "cpu0"}
+    assert keys.identity_source(first.source) == "host1"
+    assert first.source.startswith("host1|")
+    # One label set, however its JSON is spelled, is one series; another set another.
+    assert sample_from_entry(ENTRY_ID, reordered, WINDOW, NOW).source == first.source
+    assert other.source != first.source
+    with pytest.raises(InvalidEventError, match="reserved"):
+        sample_from_entry(ENTRY_ID, {**fields, keys.FIELD_LABELS: b'{"source":"x"}'}, WINDOW, NOW)
+    # An empty set is no labels: the series of the source alone.
+    bare = sample_from_entry(ENTRY_ID, {**fields, keys.FIELD_LABELS: b"{}"}, WINDOW, NOW)
+    assert (bare.source, bare.labels) == ("host1", None)

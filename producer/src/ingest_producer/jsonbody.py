@@ -23,7 +23,7 @@ from ingest_producer import metrics
 from ingest_producer.errors import validation_detail
 from ingest_producer.models import FieldError
 from ingest_shared.messages import describe, plain, split_location
-from ingest_shared.schema import EVENT_DECODER, TelemetryEvent
+from ingest_shared.schema import EVENT_DECODER, TelemetryEvent, labels_rule
 
 if TYPE_CHECKING:
     from litestar.types import Scope
@@ -299,11 +299,19 @@ def _fields_of(raw: object, struct: type[T], error: msgspec.ValidationError) -> 
             try:
                 msgspec.convert(raw[name], info.type)
             except msgspec.ValidationError as exc:
-                errors.append(FieldError(name, describe(info.type, split_location(str(exc))[1])))
+                errors.append(FieldError(name, _field_words(name, info.type, str(exc))))
     if not errors:
         field, message = split_location(str(error))
         errors.append(FieldError(field, _in_words(struct, field, message)))
     return errors
+
+
+def _field_words(name: str, annotation: object, message: str) -> str:
+    """msgspec's ``message`` about one field, in words; a label set's rule depends on where in
+    it the error is (a name, a value, the count), which the location tells."""
+    if name == "labels":
+        return labels_rule(message)
+    return describe(annotation, split_location(message)[1])
 
 
 def _in_words(struct: type[T], field: str | None, message: str) -> str:

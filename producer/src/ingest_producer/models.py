@@ -181,11 +181,12 @@ class MetricList(Base):
 
 class RangePoint(Base, omit_defaults=True):
     """A raw sample or a bucket (``timestampMs`` = bucket start). Fleet raw points name their
-    ``source``."""
+    ``source``; points of a series with event labels carry its ``labels``."""
 
     timestampMs: int
     value: Value
     source: str | None = None
+    labels: dict[str, str] | None = None
 
 
 class RangeResult(Base, rename={"from_": "from"}):
@@ -227,13 +228,14 @@ class Charts(Base, rename={"from_": "from"}):
     charts: list[Chart]
 
 
-class SourceMetric(Base):
+class SourceMetric(Base, omit_defaults=True):
     """The latest sample of one (source, metric) and whether it is older than the limit."""
 
     metric: str
     timestampMs: int
     value: Value
     stale: bool
+    labels: dict[str, str] | None = None  # the series' event labels, if it has any
 
 
 class SourceInfo(Base):

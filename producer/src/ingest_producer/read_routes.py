@@ -31,6 +31,19 @@ def _name(pattern: str) -> dict[str, Any]:
     return {"schema_extra": {"minLength": 1, "maxLength": NAME_MAX, "pattern": pattern}}
 
 
+# Repeatable: every given label must match.
+_LABEL_PARAMETER = Annotated[
+    list[str] | None,
+    Parameter(
+        description=(
+            "Only series carrying this event label, as `name=value` (repeat for several); "
+            "reserved names (metric, source, ...) are parameters of their own"
+        ),
+        schema_extra={"items": {"type": "string", "pattern": params.LABEL_FILTER_PATTERN}},
+    ),
+]
+
+
 def read_side_routes(
     settings: Settings, redis: RedisClient, ring: KeyRing
 ) -> list[HTTPRouteHandler]:
@@ -91,7 +104,9 @@ def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
             "still holds the newest sample and may change. The fleet (no `source`) is computed "
             "from every device's series; its `avg` is the true mean of all samples; `first`, "
             "`last` and `std.p` need a `source`. More than INGEST_MAX_POINTS points: 422 "
-            "naming a `bucketMs` that fits."
+            "naming a `bucketMs` that fits. Events with labels are stored one series per "
+            "label set: a `source` reads all of its label sets (points carry `labels`), "
+            "`label` narrows to the series carrying each given label."
         ),
     )
     async def metric_range(
@@ -136,9 +151,17 @@ def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
                 description="Bucket size in ms (with `agg` only; default: the first rollup's)",
             ),
         ] = None,
+        label: _LABEL_PARAMETER = None,
     ) -> RangeResult:
         query = ranges.parse_range(
-            ctx, metric=metric, source=source, from_=from_, to=to, agg=agg, bucket_ms=bucketMs
+            ctx,
+            metric=metric,
+            source=source,
+            from_=from_,
+            to=to,
+            agg=agg,
+            bucket_ms=bucketMs,
+            labels=label,
         )
         return await ranges.read_range(ctx, query)
 
@@ -187,7 +210,8 @@ def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
             Parameter(description="Only this metric", **_name(METRIC_PATTERN)),
         ] = None,
         stale: Annotated[bool, Parameter(description="Only stale devices and metrics")] = False,
+        label: _LABEL_PARAMETER = None,
     ) -> SourceList:
-        return await catalog.read_sources(ctx, metric, stale)
+        return await catalog.read_sources(ctx, metric, stale, label)
 
     return [access, metrics, metric_range, chart_data, sources]

@@ -20,6 +20,7 @@ stream carry the stream's hash tag, so one call never spans two slots.
 from __future__ import annotations
 
 import functools
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -64,6 +65,33 @@ LABEL_BUCKET_MS = "bucketMs"
 RESERVED_LABELS = frozenset(
     (LABEL_METRIC, LABEL_SOURCE, LABEL_KIND, LABEL_SHARD, LABEL_AGG, LABEL_BUCKET_MS)
 )
+# TS.CREATE refuses a label value holding "," "(" or ")" ("Couldn't parse LABELS"), which
+# Prometheus and OTLP values may hold (prometheus_build_info's tags="netgo,builtinassets"): such
+# characters are stored percent-encoded, "%" too, and decoded wherever labels are read.
+_LABEL_VALUE_ESCAPES = str.maketrans({"%": "%25", ",": "%2C", "(": "%28", ")": "%29"})
+_LABEL_VALUE_ESCAPED = re.compile("%(25|2C|28|29)")
+_LABEL_VALUE_UNESCAPES = {"25": "%", "2C": ",", "28": "(", "29": ")"}
+
+
+def stored_label_value(value: str) -> str:
+    """An event label's value as a TimeSeries label (and a FILTER term) holds it."""
+    return value.translate(_LABEL_VALUE_ESCAPES)
+
+
+def event_labels(labels: dict[str, str | None]) -> dict[str, str] | None:
+    """An event's own labels among a series' TimeSeries labels (None if it has none)."""
+    found = {
+        name: _LABEL_VALUE_ESCAPED.sub(_unescape, value)
+        for name, value in labels.items()
+        if value is not None and name not in RESERVED_LABELS
+    }
+    return found or None
+
+
+def _unescape(match: re.Match[str]) -> str:
+    return _LABEL_VALUE_UNESCAPES[match[1]]
+
+
 # Between a device's source and its label set's digest in a series identity (a source never
 # holds it: see schema.SOURCE_PATTERN).
 _IDENTITY_MARK = "|"

@@ -81,8 +81,8 @@ def setup_commands(
     else:
         raw = keys.source_raw(metric, source)
         name_labels = [k.LABEL_METRIC, metric, k.LABEL_SOURCE, k.identity_source(source)]
-        for pair in (labels or {}).items():
-            name_labels += pair
+        for name, value in (labels or {}).items():
+            name_labels += (name, k.stored_label_value(value))
         raw_kind, rollup_kind = k.KIND_SOURCE_RAW, k.KIND_SOURCE_ROLLUP
         rollups = keys.rollups
     commands = [_create_args(raw, layout.retention_ms, [*name_labels, k.LABEL_KIND, raw_kind])]

@@ -73,13 +73,17 @@ async def read_metrics(ctx: ReadContext) -> MetricList:
     )
 
 
-async def read_sources(ctx: ReadContext, metric: str | None, stale_only: bool) -> SourceList:
-    """Every device with the latest sample of each metric it reports (or of ``metric``);
-    ``stale_only`` keeps only metrics silent for longer than INGEST_STALE_AFTER_MS."""
+async def read_sources(
+    ctx: ReadContext, metric: str | None, stale_only: bool, labels: list[str] | None = None
+) -> SourceList:
+    """Every device with the latest sample of each metric it reports (or of ``metric``; with
+    ``labels``, of its series that carry them; one entry per label set); ``stale_only`` keeps
+    only metrics silent for longer than INGEST_STALE_AFTER_MS."""
     filters = [f"{k.LABEL_KIND}={k.KIND_SOURCE_RAW}"]
     if metric is not None:
         filters.append(f"{k.LABEL_METRIC}={params.metric_name(metric)}")
-    [series_list] = await fan_out(ctx.nodes, [mget(filters, _DEVICE_LABELS)])
+    filters += params.label_terms(params.label_filters(labels))
+    [series_list] = await fan_out(ctx.nodes, [mget(filters, with_labels=True)])
     now = now_ms()
     limit = ctx.stale_after_ms
     by_source: dict[str, list[SourceMetric]] = {}
@@ -90,7 +94,8 @@ async def read_sources(ctx: ReadContext, metric: str | None, stale_only: bool) -
         timestamp, value = series.samples[0]
         stale = now - timestamp > limit
         if stale or not stale_only:
-            by_source.setdefault(source, []).append(SourceMetric(name, timestamp, value, stale))
+            found = SourceMetric(name, timestamp, value, stale, k.event_labels(series.labels))
+            by_source.setdefault(source, []).append(found)
     return SourceList(
         staleAfterMs=limit,
         now=now,
@@ -98,8 +103,12 @@ async def read_sources(ctx: ReadContext, metric: str | None, stale_only: bool) -
             SourceInfo(
                 source=source,
                 stale=any(m.stale for m in found),
-                metrics=sorted(found, key=lambda m: m.metric),
+                metrics=sorted(found, key=_metric_order),
             )
             for source, found in sorted(by_source.items())
         ],
     )
+
+
+def _metric_order(metric: SourceMetric) -> tuple[str, list[tuple[str, str]]]:
+    return metric.metric, sorted((metric.labels or {}).items())

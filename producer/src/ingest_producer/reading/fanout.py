@@ -53,13 +53,20 @@ class FilterQuery:
 
 
 def mget(
-    filters: Sequence[str], labels: Sequence[str] = (), *, latest: bool = False
+    filters: Sequence[str],
+    labels: Sequence[str] = (),
+    *,
+    latest: bool = False,
+    with_labels: bool = False,
 ) -> FilterQuery:
-    """TS.MGET [LATEST] [SELECTED_LABELS ...] FILTER ...: the latest sample of every match."""
+    """TS.MGET [LATEST] [WITHLABELS | SELECTED_LABELS ...] FILTER ...: the latest sample of
+    every match."""
     args: list[EncodableT] = ["TS.MGET"]
     if latest:
         args.append("LATEST")
-    if labels:
+    if with_labels:
+        args.append("WITHLABELS")
+    elif labels:
         args += ("SELECTED_LABELS", *labels)
     return FilterQuery((*args, "FILTER", *filters), is_mget=True)
 
@@ -78,6 +85,7 @@ class Options:
     """The optional parts of a TS.MRANGE."""
 
     labels: Sequence[str] = ()
+    with_labels: bool = False  # every label of each series (``labels`` then unused)
     count: int | None = None
     aggregation: Aggregation | None = None
     latest: bool = False
@@ -89,7 +97,9 @@ def mrange(start: int, end: int, filters: Sequence[str], options: Options) -> Fi
     args: list[EncodableT] = ["TS.MRANGE", start, end]
     if options.latest:
         args.append("LATEST")
-    if options.labels:
+    if options.with_labels:
+        args.append("WITHLABELS")
+    elif options.labels:
         args += ("SELECTED_LABELS", *options.labels)
     if options.count is not None:
         args += ("COUNT", options.count)

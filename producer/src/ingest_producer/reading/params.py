@@ -20,11 +20,28 @@ from ingest_producer.models import (
     STREAM_ID_PATTERN,
     FieldError,
 )
-from ingest_shared.keys import AGGREGATIONS
+from ingest_shared.keys import AGGREGATIONS, stored_label_value
 from ingest_shared.messages import describe
-from ingest_shared.schema import Metric, Source, to_epoch_ms
+from ingest_shared.schema import (
+    LABEL_NAME_BODY,
+    LABEL_VALUE_BODY,
+    LABEL_VALUE_MAX,
+    NAME_MAX,
+    Metric,
+    Source,
+    to_epoch_ms,
+)
 
 STREAM_ID = re.compile(STREAM_ID_PATTERN)
+# A label filter, name=value: an event label's name (reserved names excluded) and value, as one
+# pattern so the OpenAPI document states it whole.
+LABEL_FILTER_PATTERN = rf"\A{LABEL_NAME_BODY}={LABEL_VALUE_BODY}\Z"
+LABEL_FILTER = re.compile(LABEL_FILTER_PATTERN)
+LABEL_FILTER_RULE = (
+    f"must be name=value: the name 1\u2013{NAME_MAX} characters (a letter or `_`, then "
+    "letters, digits, `_ . : / -`; not a reserved name such as metric or source), the value "
+    f"1\u2013{LABEL_VALUE_MAX} characters without control characters"
+)
 # CURSOR_ID_PATTERN with the id and the shard index captured.
 _QUALIFIED = re.compile(r"\A([0-9]{1,19}-[0-9]{1,19})(?:@(0|[1-9][0-9]{0,3}))?\Z")
 # Up to 13 digits (year 2286), so the pattern the OpenAPI document publishes says it all.
@@ -59,6 +76,23 @@ def source_name(value: str, field: str = "source") -> str:
 def optional_source(value: str | None) -> str | None:
     """None (the fleet) or a valid source name."""
     return None if value is None else source_name(value)
+
+
+def label_filters(values: list[str] | None) -> list[tuple[str, str]]:
+    """``label`` parameters (each ``name=value``, an event label's rule) as (name, value)
+    pairs; a 422 for a malformed one or a reserved name."""
+    found: list[tuple[str, str]] = []
+    for text in values or ():
+        if LABEL_FILTER.match(text) is None:
+            raise invalid("label", f"{text[:64]!r}: {LABEL_FILTER_RULE}")
+        name, _, value = text.partition("=")
+        found.append((name, value))
+    return found
+
+
+def label_terms(labels: list[tuple[str, str]]) -> list[str]:
+    """FILTER terms matching series that carry every one of ``labels``."""
+    return [f"{name}={stored_label_value(value)}" for name, value in labels]
 
 
 def aggregation(value: str | None) -> str | None:

@@ -9,7 +9,7 @@ samples are never pulled into Python to be aggregated. Buckets start at multiple
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from redis.exceptions import ResponseError
@@ -39,6 +39,8 @@ class RangeQuery:
     bucket_ms: int | None
     start: int
     end: int
+    # Event labels every series read must carry (``label=name=value`` parameters).
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def parse_range(
@@ -50,9 +52,11 @@ def parse_range(
     to: str | None,
     agg: str | None,
     bucket_ms: int | None,
+    labels: list[str] | None = None,
 ) -> RangeQuery:
     """Check every parameter (422 naming it otherwise); no Redis call."""
     metric = params.metric_name(metric)
+    wanted = params.label_filters(labels)
     source = params.optional_source(source)
     agg = params.aggregation(agg)
     start, end = params.time_range(from_, to, now_ms(), DEFAULT_SPAN_MS)
@@ -67,7 +71,7 @@ def parse_range(
             "(fleet queries offer avg, min, max, sum, count, range)"
         )
         raise params.invalid("agg", msg)
-    return RangeQuery(metric, source, agg, bucket_ms, start, end)
+    return RangeQuery(metric, source, agg, bucket_ms, start, end, wanted)
 
 
 def _too_many(ctx: ReadContext, query: RangeQuery, points: str) -> Exception:
@@ -87,13 +91,21 @@ async def read_range(ctx: ReadContext, query: RangeQuery) -> RangeResult:
         buckets = params.buckets_between(query.start, query.end, query.bucket_ms)
         if buckets > ctx.max_points:
             raise _too_many(ctx, query, f"{buckets} buckets of {query.bucket_ms} ms")
-    if query.source is None:
-        if query.agg is None:
-            return await _fleet_raw(ctx, query)
-        return await _fleet_aggregated(ctx, query)
+    if query.source is None or query.labels:
+        return await _selected(ctx, query)
     if query.agg is None:
         return await _source_raw(ctx, query, query.source)
     return await _source_aggregated(ctx, query, query.source)
+
+
+async def _selected(ctx: ReadContext, query: RangeQuery) -> RangeResult:
+    """Every device series the query's metric, source (if any) and labels pick: the fleet, or
+    one device's series with labels (one per label set)."""
+    if query.agg is None:
+        return await _fleet_raw(ctx, query)
+    if query.agg in aggregates.NEEDS_SOURCE:
+        return await _per_series_aggregated(ctx, query)
+    return await _fleet_aggregated(ctx, query)
 
 
 Origin = Literal["rollup", "raw"]
@@ -128,7 +140,9 @@ async def _source_raw(ctx: ReadContext, query: RangeQuery, source: str) -> Range
         )
     except ResponseError as exc:
         reply = exc
-    samples = replies.range_or_none(reply) or []
+    samples = replies.range_or_none(reply)
+    if samples is None:  # no series without labels: the device's labelled ones, if any
+        return await _selected(ctx, query)
     if len(samples) > ctx.max_points:
         raise _too_many(ctx, query, f"more than {ctx.max_points} raw points")
     return _result(query, "raw", False, _points(samples))
@@ -152,6 +166,8 @@ async def _source_aggregated(ctx: ReadContext, query: RangeQuery, source: str) -
     newest_reply, range_reply = await pipe.execute(raise_on_error=False)
     newest = replies.latest_or_none(newest_reply)
     samples = replies.range_or_none(range_reply)
+    if newest is None and samples is None:  # no series without labels: its labelled ones
+        return await _selected(ctx, query)
     origin: Origin = "rollup" if rollup in keys.rollups else "raw"
     if samples is None and origin == "rollup" and newest is not None:
         # The raw series exists but not this rollup (yet): the worker adds a rollup when it
@@ -170,8 +186,43 @@ def _metric_filter(metric: str) -> str:
     return f"{k.LABEL_METRIC}={metric}"
 
 
+def _selector(query: RangeQuery) -> list[str]:
+    """FILTER terms for the device series of ``query``: its metric, source and labels."""
+    terms = [_metric_filter(query.metric)]
+    if query.source is not None:
+        terms.append(f"{k.LABEL_SOURCE}={query.source}")
+    return terms + params.label_terms(query.labels)
+
+
+async def _per_series_aggregated(ctx: ReadContext, query: RangeQuery) -> RangeResult:
+    """An aggregation that cannot be merged across series (first, last, std.p) of one source:
+    buckets of each of its label sets, each point carrying its series' labels."""
+    assert query.agg is not None
+    assert query.bucket_ms is not None
+    start = params.first_bucket(query.start, query.bucket_ms)
+    selector = [*_selector(query), f"{k.LABEL_KIND}={k.KIND_SOURCE_RAW}"]
+    options = Options(with_labels=True, aggregation=Aggregation(query.agg, query.bucket_ms, start))
+    [found] = await fan_out(ctx.nodes, [mrange(start, query.end, selector, options)])
+    points = sorted(
+        (
+            RangePoint(timestamp, value, query.source, labels)
+            for series in found
+            for labels in (k.event_labels(series.labels),)
+            for timestamp, value in series.samples
+        ),
+        key=_point_order,
+    )
+    if len(points) > ctx.max_points:
+        raise _too_many(ctx, query, f"{len(points)} buckets of {len(found)} label sets")
+    return _result(query, "raw", False, points)
+
+
+def _point_order(point: RangePoint) -> tuple[int, str, list[tuple[str, str]]]:
+    return point.timestampMs, point.source or "", sorted((point.labels or {}).items())
+
+
 async def _fleet_raw(ctx: ReadContext, query: RangeQuery) -> RangeResult:
-    selector = [_metric_filter(query.metric), f"{k.LABEL_KIND}={k.KIND_SOURCE_RAW}"]
+    selector = [*_selector(query), f"{k.LABEL_KIND}={k.KIND_SOURCE_RAW}"]
     # Count first (one bucket over the whole range), so a huge fleet is refused without
     # reading its samples.
     span = query.end - query.start + 1
@@ -183,15 +234,16 @@ async def _fleet_raw(ctx: ReadContext, query: RangeQuery) -> RangeResult:
     total = int(sum(value for series in counted for _, value in series.samples))
     if total > ctx.max_points:
         raise _too_many(ctx, query, f"{total} raw points")
-    fetch = Options(labels=(k.LABEL_SOURCE,), count=ctx.max_points + 1)
+    fetch = Options(with_labels=True, count=ctx.max_points + 1)
     [series_list] = await fan_out(ctx.nodes, [mrange(query.start, query.end, selector, fetch)])
     points = sorted(
         (
-            RangePoint(timestamp, value, series.labels.get(k.LABEL_SOURCE))
+            RangePoint(timestamp, value, series.labels.get(k.LABEL_SOURCE), labels)
             for series in series_list
+            for labels in (k.event_labels(series.labels),)
             for timestamp, value in series.samples
         ),
-        key=lambda p: (p.timestampMs, p.source or ""),
+        key=_point_order,
     )
     if len(points) > ctx.max_points:  # samples arrived between the count and the read
         raise _too_many(ctx, query, f"more than {ctx.max_points} raw points")
@@ -204,7 +256,7 @@ async def _fleet_aggregated(ctx: ReadContext, query: RangeQuery) -> RangeResult:
     assert bucket is not None
     plan = aggregates.FLEET_PLANS[agg]
     use_rollups = aggregates.from_rollups(plan, bucket, ctx.keys.rollups)
-    selector = [_metric_filter(query.metric)]
+    selector = _selector(query)
     start = params.first_bucket(query.start, bucket)
     parts = aggregates.part_queries(
         plan, start, query.end, bucket, selector, use_rollups=use_rollups
