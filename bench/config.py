@@ -15,7 +15,7 @@ REPO_ROOT = BENCH_DIR.parent
 WRK_DIR = BENCH_DIR / "wrk"
 RESULTS_DIR = BENCH_DIR / "results"
 
-ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 
 # Key names the bench passes to the producer and worker; they match the product defaults.
 STREAM_KEY = "telemetry:events"

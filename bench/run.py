@@ -36,6 +36,7 @@ from bench.scenarios import (
     drain,
     e2e,
     memory,
+    protocols,
     scaling,
     single_event,
     workers,
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
     from ingest_devtools.localredis import LocalRedis
 
-WRK_SCENARIOS = {1, 2, 3, 5, 6, 8, 9, 10}
+WRK_SCENARIOS = {1, 2, 3, 5, 6, 8, 9, 10, 11}
 
 
 def _phases(config: BenchConfig) -> list[tuple[str, Callable[[Bench], None]]]:
@@ -58,6 +59,8 @@ def _phases(config: BenchConfig) -> list[tuple[str, Callable[[Bench], None]]]:
         phases.append(("1/2/6 single event: minimal route, producer, baseline", single_event.run))
     if 3 in wanted:
         phases.append(("3 batches", batch.run))
+    if 11 in wanted:
+        phases.append(("11 protocols: line protocol, remote-write, OTLP vs JSON", protocols.run))
     if 9 in wanted:  # before any worker runs: a worker would drain what the producers append
         phases.append(("9 scaling: 1-3 producer processes", scaling.run_producers))
     if wanted & {4, 6}:

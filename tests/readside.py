@@ -17,6 +17,8 @@ from ingest_shared.schema import format_ms, now_ms
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    import httpx
+
     from ingest_shared.settings import Settings
 
 Client = AsyncTestClient[Litestar]
@@ -36,7 +38,7 @@ def event(metric: str, source: str, value: float, at: int) -> dict[str, Any]:
     return {"source": source, "metric": metric, "value": value, "occurredAt": format_ms(at)}
 
 
-async def ingest(client: Client, *events: dict[str, Any]) -> None:
+async def ingest(client: httpx.AsyncClient, *events: dict[str, Any]) -> None:
     """POST ``events`` as one batch and process everything in the stream."""
     response = await client.post("/api/ingest/events", json=list(events))
     assert response.status_code == 200, response.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import TYPE_CHECKING
 
 import pytest
@@ -23,4 +24,17 @@ def test_bench_smoke_run_measures_ceilings_worker_and_baseline(tmp_path: Path) -
     assert any((figures[name]["median"] or 0) > 0 for name in drains), {
         name: figures[name] for name in drains
     }
+    assert not results["errors"], results["errors"]
+
+
+@pytest.mark.timeout(180)
+def test_bench_smoke_run_measures_each_protocol_beside_json_batches(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (CI installs it)")
+    results = run_smoke(tmp_path, scenarios=(11,))
+
+    figures = results["figures"]
+    for name in ("protocols.json.1000", "protocols.influx", "protocols.remotewrite"):
+        assert (figures[name]["median"] or 0) > 0, figures[name]
+    assert (figures["protocols.otlp"]["median"] or 0) > 0, figures["protocols.otlp"]
     assert not results["errors"], results["errors"]

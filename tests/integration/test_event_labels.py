@@ -3,20 +3,28 @@ range and sources queries, filterable; bad labels refused with a 422 naming them
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from tests.readside import BASE_MS, app_client, event, ingest
 
+from ingest_producer.asgi import build_app
 from ingest_shared import keys as k
 from ingest_shared.keys import Keys
+from ingest_shared.redis_client import call
 from ingest_shared.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    import httpx
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+    from tests.conftest import AppClient
     from tests.readside import Client
+
+    from ingest_devtools.localcluster import LocalCluster
 
 SETTINGS = Settings()
 # Commas and parentheses: values TS.CREATE refuses as they are (stored percent-encoded).
@@ -33,7 +41,7 @@ def labelled(metric: str, source: str, value: float, at: int, **labels: str) -> 
     return {**event(metric, source, value, at), "labels": labels}
 
 
-async def get_range(client: Client, metric: str, **params: Any) -> Any:
+async def get_range(client: httpx.AsyncClient, metric: str, **params: Any) -> Any:
     response = await client.get(f"/api/ingest/metrics/{metric}/range", params=params)
     assert response.status_code == 200, response.text
     return response.json()
@@ -65,8 +73,8 @@ async def test_each_label_set_is_its_own_series_and_reads_back_with_its_labels(
     # The fleet across label sets too.
     fleet = await get_range(client, "cpu", label=["mode=idle"], agg="count", bucketMs=60_000)
     assert [p["value"] for p in fleet["points"]] == [3.0]
-    series = await redis.execute_command(
-        "TS.QUERYINDEX", f"{k.LABEL_METRIC}=cpu", f"{k.LABEL_KIND}={k.KIND_SOURCE_RAW}"
+    series = await call(
+        redis, "TS.QUERYINDEX", f"{k.LABEL_METRIC}=cpu", f"{k.LABEL_KIND}={k.KIND_SOURCE_RAW}"
     )
     assert len(series) == 2
 
@@ -94,8 +102,10 @@ async def test_events_without_labels_keep_their_series_and_answers(
     assert await redis.exists(Keys("telemetry:events", "x", "y").source_raw("temp", "dev-1"))
     body = await get_range(client, "temp", source="dev-1")
     assert body["points"] == [{"timestampMs": BASE_MS, "value": 21.5}]
-    [entry] = await redis.xrange(SETTINGS.keys.shard_of_source("dev-1").stream)
-    assert set(entry[1]) == {b"source", b"metric", b"value", b"occurredAt"}
+    [(_, fields)] = await call(
+        redis, "XRANGE", SETTINGS.keys.shard_of_source("dev-1").stream, "-", "+"
+    )
+    assert list(fields) == [b"source", b"metric", b"value", b"occurredAt"]
 
 
 async def test_last_of_a_source_is_given_per_label_set(client: Client) -> None:
@@ -144,3 +154,36 @@ async def test_bad_label_filters_are_refused(client: Client) -> None:
         )
         assert response.status_code == 422, (label, response.text)
         assert "label" in response.json()["detail"]
+
+
+async def test_labelled_series_live_in_their_sources_shard_slot_on_a_cluster(
+    redis_cluster: LocalCluster, redis_cluster_client: RedisCluster, serve: AppClient
+) -> None:
+    settings = dataclasses.replace(
+        SETTINGS, stream_shards=4, redis_mode="auto", redis_url=redis_cluster.url
+    )
+    keys = dataclasses.replace(settings, redis_mode="cluster").keys
+    async with serve(build_app(settings)) as http:
+        await ingest(
+            http,
+            *(labelled("cpu", f"host{n}", float(n), BASE_MS, cpu=f"cpu{n % 2}") for n in range(8)),
+        )
+        body = await get_range(http, "cpu", label=["cpu=cpu1"])
+
+    assert [(p["source"], p["value"], p["labels"]) for p in body["points"]] == [
+        (f"host{n}", float(n), {"cpu": "cpu1"}) for n in (1, 3, 5, 7)
+    ]
+    for n in range(8):
+        [key] = [
+            name
+            for node in redis_cluster_client.get_primaries()
+            for name in await redis_cluster_client.execute_command(
+                "TS.QUERYINDEX",
+                "metric=cpu",
+                f"source=host{n}",
+                "kind=source-raw",
+                target_nodes=node,
+            )
+        ]
+        shard = keys.shard_of_source(f"host{n}")
+        assert k.hash_tag(key.decode()) == shard.tag

@@ -239,9 +239,17 @@ def _segment_array(header: list[str | int], events: Sequence[EventOut], labelled
     eight arguments each, ~16 us with two)."""
     add = header.extend
     if labelled:
+        # The samples of one protocol line or series share one labels dict: encode it once.
+        texts: dict[int, str] = {}
         for e in events:
-            labels = "" if e.labels is None else canonical_labels(e.labels).decode()
-            add((e.source, e.metric, repr(e.value), e.occurredAt, labels))
+            labels = e.labels
+            if labels is None:
+                text = ""
+            else:
+                text = texts.get(id(labels), "")
+                if not text:
+                    text = texts[id(labels)] = canonical_labels(labels).decode()
+            add((e.source, e.metric, repr(e.value), e.occurredAt, text))
     else:
         for e in events:
             add((e.source, e.metric, repr(e.value), e.occurredAt))
