@@ -43,6 +43,13 @@ _KNOWN_SERIES_LIMIT = 200_000
 
 Failure = tuple[bytes, str, "dict[bytes, bytes] | None"]
 
+# The classes a dead letter is counted under (BatchResult.reasons, the worker's metrics).
+INVALID = "invalid"
+REJECTED = "rejected"
+OVERSIZED = "oversized"
+MAX_DELIVERIES = "max_deliveries"
+DEAD_LETTER_REASONS = (INVALID, REJECTED, OVERSIZED, MAX_DELIVERIES)
+
 
 def _labels_of(samples: Sequence[Sample]) -> dict[str, dict[str, str]] | None:
     """The labels of each series identity in ``samples`` (None when no sample has any)."""
@@ -177,17 +184,17 @@ class BatchProcessor:
             reason = forced.get(entry_id)
             if reason is not None:
                 failures.append((entry_id, reason, fields))
-                reasons["max_deliveries"] = reasons.get("max_deliveries", 0) + 1
+                reasons[MAX_DELIVERIES] = reasons.get(MAX_DELIVERIES, 0) + 1
                 continue
             if k.FIELD_OVERSIZED in fields:
                 failures.append((entry_id, _oversized_reason(fields), fields))
-                reasons["oversized"] = reasons.get("oversized", 0) + 1
+                reasons[OVERSIZED] = reasons.get(OVERSIZED, 0) + 1
                 continue
             try:
                 samples.append(sample_from_entry(entry_id, fields, window, now))
             except InvalidEventError as exc:
                 failures.append((entry_id, exc.reason, fields))
-                reasons["invalid"] = reasons.get("invalid", 0) + 1
+                reasons[INVALID] = reasons.get(INVALID, 0) + 1
             else:
                 stored_ids.append(entry_id)
         batch.read = len(entries)
@@ -219,7 +226,7 @@ class BatchProcessor:
             if rejected:
                 by_id = dict(batch.entries)
                 failures += [(eid, why, by_id.get(eid)) for eid, why in rejected.items()]
-                reasons["rejected"] = len(rejected)
+                reasons[REJECTED] = len(rejected)
         if failures:
             await self._dead_letter(failures, consumer, batch.now)
         acked = await self._ack(batch.ids) if batch.ids else 0

@@ -207,9 +207,24 @@ class TimeWindow(Base):
         return EventOut(event.source, event.metric, event.value, format_ms(ts), labels)
 
 
+# What a protocol's label named like one the service sets itself is renamed to, as Prometheus
+# renames a scraped label that clashes with a target label (exporters do use "kind", "source").
+EXPORTED_PREFIX = "exported_"
+
+
 def valid_labels(labels: dict[str, str]) -> dict[str, str] | None:
     """``labels`` checked as an event's (None for an empty set); InvalidEventError naming the
-    rule otherwise. For labels that did not come through the JSON decoder (protocols)."""
+    rule otherwise. For labels that did not come through the JSON decoder (protocols): a
+    reserved name is renamed ``exported_<name>`` rather than refused (an agent cannot rename
+    its labels; a JSON client can, and gets a 422)."""
+    clashing = keys.RESERVED_LABELS.intersection(labels)
+    if clashing:
+        labels = dict(labels)
+        for name in sorted(clashing):
+            renamed = EXPORTED_PREFIX + name
+            while renamed in labels:
+                renamed = EXPORTED_PREFIX + renamed
+            labels[renamed] = labels.pop(name)
     try:
         checked = msgspec.convert(labels, Labels)
     except msgspec.ValidationError as exc:

@@ -361,13 +361,13 @@ class Worker:
                         return None
                     continue
                 if isinstance(exc, TransientStoreError) or is_transient(exc):
-                    metrics.REDIS_ERRORS.labels("transient").inc()
+                    metrics.REDIS_ERRORS.labels(metrics.TRANSIENT).inc()
                     delay = self._backoff.next_delay()
                     self._report_transient(step, exc, delay)
                     if await self._pause(delay):
                         continue
                     return None
-                metrics.REDIS_ERRORS.labels("unexpected").inc()
+                metrics.REDIS_ERRORS.labels(metrics.UNEXPECTED).inc()
                 log.exception(
                     "unexpected_error",
                     step=step,

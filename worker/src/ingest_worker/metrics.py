@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from ingest_shared.processor import DEAD_LETTER_REASONS
+
+TRANSIENT = "transient"
+UNEXPECTED = "unexpected"
+
 EVENTS_PROCESSED = Counter(
     "ingest_worker_events_processed_total", "Events stored in TimeSeries (both of their series)"
 )
@@ -53,3 +58,10 @@ LAST_PROGRESS = Gauge(
     "ingest_worker_last_progress_timestamp_seconds",
     "Unix time of the worker's last successful Redis step (a read that returned counts)",
 )
+
+# Every labelled series exists from the start at 0: an alert on increase() would not see the
+# first dead letter of a series that appears at 1.
+for _reason in DEAD_LETTER_REASONS:
+    DEAD_LETTERED.labels(_reason)
+for _kind in (TRANSIENT, UNEXPECTED):
+    REDIS_ERRORS.labels(_kind)
