@@ -51,7 +51,7 @@ const test = (regexes) =>
   input.cases.map(([i, text]) => regexes[i] !== null && regexes[i].test(text));
 process.stdout.write(JSON.stringify({errors, plain: test(plain), unicode: test(unicode)}));
 """
-GOOD_NAMES = ["cpu", "a", "A", "Z", "AZ", "cpu.load_1-m", "m" * 128, "sensor-a", "x1"]
+GOOD_NAMES = ["cpu", "a", "A", "Z", "AZ", "cpu.load_1-m", "m" * 128, "sensor-a", "x1", "job:r:5m"]
 BAD_NAMES = [
     "",
     "cpu load",

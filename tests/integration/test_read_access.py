@@ -111,6 +111,7 @@ async def test_openapi_documents_the_read_side_with_parameters_and_errors(
         "source",
         "agg",
         "bucketMs",
+        "label",
     }
     for path, method in [
         ("/api/ingest/metrics/{metric}/range", "get"),

@@ -323,7 +323,7 @@ async def test_a_bad_name_is_explained_in_words_not_as_a_regex(client: Client) -
 
     assert response.status_code == 422
     assert response.json()["errors"] == [
-        {"field": "metric", "message": "must be 1\u2013128 characters: letters, digits, `_ . -`"}
+        {"field": "metric", "message": "must be 1\u2013128 characters: letters, digits, `_ . : -`"}
     ]
     source = await client.get(PATH, params={"source": "a,kind=x"})
     assert source.json()["errors"] == [

@@ -12,7 +12,7 @@ from ingest_producer.models import ProcessRequest
 from ingest_shared.messages import describe, plain, split_location
 from ingest_shared.schema import EVENT_DECODER, TelemetryEvent
 
-METRIC_RULE = "must be 1\u2013128 characters: letters, digits, `_ . -`"
+METRIC_RULE = "must be 1\u2013128 characters: letters, digits, `_ . : -`"
 SOURCE_RULE = "must be 1\u2013128 characters: letters, digits, `_ . : @ / -`"
 
 

@@ -12,6 +12,7 @@ import structlog
 from litestar import Litestar
 from redis.exceptions import NoPermissionError
 
+from ingest_producer.agent_routes import agent_routes
 from ingest_producer.apidocs import api_docs_config
 from ingest_producer.appender import EventAppender
 from ingest_producer.auth import KeyRing, key_guard
@@ -119,6 +120,7 @@ def create_app(
     app = Litestar(
         route_handlers=[
             enqueue_route(settings, window, appender, backlog),
+            *agent_routes(settings, window, appender, backlog, redis),
             process_route(redis, keys, group, processors, type_required=not settings.write_keys),
             *query_routes(redis, keys, group),
             *read_side_routes(settings, redis, ring),

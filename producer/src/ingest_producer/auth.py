@@ -4,10 +4,19 @@ Keys are compared in constant time, as SHA-256 digests so every comparison has t
 and against every configured key, so timing tells nothing about which one nearly matched. A key
 never appears in a log line or an error body; its short digest identifies the client instead
 (for the rate limit).
+
+The agent protocol routes (InfluxDB, Prometheus remote-write, OTLP) also take the key the way
+those agents send a secret: ``Authorization: Token <key>`` (InfluxDB 2), ``Authorization:
+Basic`` with the key as the password (or as the user name when the password is empty), and,
+on InfluxDB 1.x routes, the ``u``/``p`` query parameters. A route asks for that with
+``opt={CREDENTIALS_OPT: Credentials.AGENT}`` (or ``AGENT_V1``); every other route reads only
+``Authorization: Bearer`` and ``X-API-Key``, as before.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 from enum import Enum
@@ -16,13 +25,20 @@ from typing import TYPE_CHECKING, Any
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
 
 ACCESS_OPT = "access"
+CREDENTIALS_OPT = "credentials"
 ANONYMOUS = "anonymous"
+_KEY_REQUIRED = "an API key is required (Authorization: Bearer <key> or X-API-Key)"
+_AGENT_KEY_REQUIRED = (
+    "an API key is required (Authorization: Token <key>, Bearer <key>, Basic with the key as "
+    "password, or X-API-Key)"
+)
+_AGENT_V1_KEY_REQUIRED = _AGENT_KEY_REQUIRED.removesuffix(")") + ", or the p query parameter)"
 
 
 class Access(Enum):
@@ -30,6 +46,16 @@ class Access(Enum):
 
     READ = "read"
     WRITE = "write"
+
+
+class Credentials(Enum):
+    """Where a route also looks for the key; put it in the route's ``opt={"credentials": ...}``.
+
+    AGENT: also ``Authorization: Token`` and ``Basic``; AGENT_V1: those and ``u``/``p``.
+    """
+
+    AGENT = "agent"
+    AGENT_V1 = "agent_v1"
 
 
 def _digest(key: str) -> bytes:
@@ -78,8 +104,54 @@ def presented_key(headers: Any) -> str | None:
     return key.strip() if key and key.strip() else None
 
 
+def agent_key(headers: Any, query: Mapping[str, str] | None = None) -> str | None:
+    """The key as an agent sends it: what :func:`presented_key` reads, else ``Authorization:
+    Token <key>`` or ``Basic`` (the password; the user name when the password is empty), else
+    (``query`` given: InfluxDB 1.x) the ``p`` query parameter (``u`` when ``p`` is empty)."""
+    key = presented_key(headers)
+    if key is not None:
+        return key
+    authorization: str | None = headers.get("authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        scheme, token = scheme.lower(), token.strip()
+        if scheme == "token" and token:
+            return token
+        if scheme == "basic" and token:
+            return _basic_key(token)
+    if query is not None:
+        for name in ("p", "u"):
+            value = (query.get(name) or "").strip()
+            if value:
+                return value
+    return None
+
+
+def _basic_key(token: str) -> str | None:
+    """The key in Basic credentials; None when they are not base64 of ``user:password``."""
+    try:
+        user, _, password = base64.b64decode(token, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    key = password.strip() or user.strip()
+    return key or None
+
+
+def _caller_key(
+    connection: ASGIConnection[Any, Any, Any, Any], credentials: Credentials | None
+) -> tuple[str | None, str]:
+    """The key the caller presented on a route reading ``credentials``, and what a 401 says."""
+    if credentials is None:
+        return presented_key(connection.headers), _KEY_REQUIRED
+    if credentials is Credentials.AGENT:
+        return agent_key(connection.headers), _AGENT_KEY_REQUIRED
+    return agent_key(connection.headers, connection.query_params), _AGENT_V1_KEY_REQUIRED
+
+
 def key_guard(ring: KeyRing) -> Any:
     """A Litestar guard enforcing each route's ``opt["access"]``; 401 or 403 otherwise.
+
+    The key is read where the route's ``opt["credentials"]`` says (headers only by default).
 
     Stores the caller's :func:`client_id` in ``connection.state.client_id``.
     """
@@ -92,12 +164,9 @@ def key_guard(ring: KeyRing) -> Any:
         if needed is None or ring.open:
             connection.state.client_id = ANONYMOUS
             return
-        key = presented_key(connection.headers)
+        key, required = _caller_key(connection, handler.opt.get(CREDENTIALS_OPT))
         if key is None:
-            raise NotAuthorizedException(
-                "an API key is required (Authorization: Bearer <key> or X-API-Key)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise NotAuthorizedException(required, headers={"WWW-Authenticate": "Bearer"})
         access = ring.access_of(key)
         if access is None:
             raise NotAuthorizedException("unknown API key", headers={"WWW-Authenticate": "Bearer"})

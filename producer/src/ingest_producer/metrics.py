@@ -48,6 +48,13 @@ DURABILITY_FAILURES = Counter(
     "ingest_producer_durability_failures_total",
     "Appends whose WAITAOF/WAIT did not confirm in time (answered 503)",
 )
+PROTOCOL_SAMPLES = Counter(
+    "ingest_producer_protocol_samples_total",
+    "Samples of agent protocol requests (influx, prometheus, otlp), by outcome: enqueued; "
+    "refused (a bad line, series or point, or a sample failing the event rules; InfluxDB's "
+    "are dead-lettered); skipped (dropped by design: string fields, NaN, stale markers, ...)",
+    ["protocol", "outcome"],
+)
 GROUP_RECREATED = Counter(
     "ingest_producer_group_recreated_total",
     "Times the backlog monitor found the consumer group missing and recreated it",

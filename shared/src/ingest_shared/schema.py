@@ -27,7 +27,8 @@ _ONE_MS = dt.timedelta(milliseconds=1)
 # \A...\Z, never ^...$: "$" also matches before a trailing newline, and these become key names.
 # The OpenAPI document publishes them as ^...$ (ECMA-262), see ingest_producer.openapi.
 NAME_MAX = 128
-METRIC_PATTERN = r"\A[A-Za-z0-9_.\-]+\Z"
+# ":" as in Prometheus recording rules (job:requests:rate5m).
+METRIC_PATTERN = r"\A[A-Za-z0-9_.:\-]+\Z"
 SOURCE_PATTERN = r"\A[A-Za-z0-9_.:@/\-]+\Z"
 Metric = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=METRIC_PATTERN)]
 Source = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=SOURCE_PATTERN)]
@@ -248,7 +249,7 @@ def accept_reading(
     if _METRIC_RE.search(metric) is None or len(metric) > NAME_MAX:
         msg = (
             f"metric {metric[:NAME_MAX]!r}: must be 1\u2013{NAME_MAX} characters: letters, "
-            "digits, `_ . -`"
+            "digits, `_ . : -`"
         )
         raise InvalidEventError(msg, "metric")
     if _SOURCE_RE.search(source) is None or len(source) > NAME_MAX:

@@ -5,6 +5,7 @@ Defaults are the original tutorial's where it had one, so its ``.env`` files kee
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 
 _NAME = re.compile(r"\A[A-Za-z0-9_.:@/-]{1,128}\Z")
 _KEY = re.compile(r"\A[^\s{}]{1,256}\Z")
+# A tag, label or attribute name a protocol mapping setting may list (OTLP's have dots).
+_LABEL_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_.:/\-]{0,127}\Z")
+_MAX_NAMES = 16
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("auto", "json", "console")
 _REDIS_MODES = ("auto", "standalone", "cluster")
@@ -94,6 +98,16 @@ class Settings:
     max_points: int = 5_000
     stale_after_ms: int = 300_000
     dead_letter_maxlen: int = 100_000
+    # Agent protocols (ingest_producer.agent_routes): how a line, series or resource names its
+    # source, and the largest body a protocol route takes, as sent and once decompressed.
+    influx_source_tags: tuple[str, ...] = ("host", "device_id", "entity_id", "source")
+    influx_default_source: str | None = None
+    prometheus_source_label: str = "instance"
+    otlp_source_attributes: tuple[str, ...] = ("host.name", "service.instance.id", "device.id")
+    protocol_max_bytes: int = 32 * 1024 * 1024
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto the producer believes (uvicorn's
+    # forwarded_allow_ips): addresses or networks, "*" for any; none by default.
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def rollup_rules(self) -> tuple[Rollup, ...]:
@@ -190,6 +204,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_points=_int(env, "INGEST_MAX_POINTS", d.max_points, 1, 1_000_000),
         stale_after_ms=_int(env, "INGEST_STALE_AFTER_MS", d.stale_after_ms, 1),
         dead_letter_maxlen=_int(env, "INGEST_DEAD_LETTER_MAXLEN", d.dead_letter_maxlen, 1),
+        influx_source_tags=_names(env, "INGEST_INFLUX_SOURCE_TAGS", d.influx_source_tags),
+        influx_default_source=_optional_text(env, "INGEST_INFLUX_DEFAULT_SOURCE", _NAME),
+        prometheus_source_label=_text(
+            env, "INGEST_PROMETHEUS_SOURCE_LABEL", d.prometheus_source_label, _LABEL_NAME
+        ),
+        otlp_source_attributes=_names(
+            env, "INGEST_OTLP_SOURCE_ATTRIBUTES", d.otlp_source_attributes
+        ),
+        # At least 1 MiB; agents send up to ~20 MiB (issue 19), hence the 32 MiB default.
+        protocol_max_bytes=_int(
+            env, "INGEST_PROTOCOL_MAX_BYTES", d.protocol_max_bytes, 1_048_576, 1_073_741_824
+        ),
+        trusted_proxies=_trusted_proxies(env, "INGEST_TRUSTED_PROXIES"),
     )
 
 
@@ -214,6 +241,30 @@ def _text(env: Mapping[str, str], name: str, default: str, pattern: re.Pattern[s
         msg = f"{name}={value!r} is not allowed (expected {pattern.pattern})"
         raise ConfigurationError(msg)
     return value
+
+
+def _optional_text(env: Mapping[str, str], name: str, pattern: re.Pattern[str]) -> str | None:
+    """Like :func:`_text`, but unset (or blank) is None."""
+    value = _raw(env, name)
+    if value is not None and not pattern.match(value):
+        msg = f"{name}={value!r} is not allowed (expected {pattern.pattern})"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list of 1 to 16 distinct tag, label or attribute names, in order."""
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    names = tuple(item.strip() for item in raw.split(","))
+    if not all(_LABEL_NAME.match(item) for item in names):
+        msg = f"{name}={raw!r}: each comma-separated name must match {_LABEL_NAME.pattern}"
+        raise ConfigurationError(msg)
+    if len(set(names)) != len(names) or len(names) > _MAX_NAMES:
+        msg = f"{name}={raw!r}: at most {_MAX_NAMES} names, none listed twice"
+        raise ConfigurationError(msg)
+    return names
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
@@ -457,3 +508,21 @@ def _load_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
             expected += " (or set INGEST_REDIS_TLS_KEY_FILE to the key's own file)"
         msg = f"{named}: not {expected}: {exc.reason or exc}"
         raise ConfigurationError(msg) from None
+
+
+def _trusted_proxies(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or networks (``10.0.0.0/8``), or ``*``; unset: none."""
+    raw = _raw(env, name)
+    if raw is None:
+        return ()
+    if raw == "*":
+        return ("*",)
+    proxies: list[str] = []
+    for item in (part.strip() for part in raw.split(",")):
+        try:
+            found = ipaddress.ip_network(item) if "/" in item else ipaddress.ip_address(item)
+            proxies.append(str(found))
+        except ValueError:
+            msg = f"{name}: {item!r} is not an IP address or network (e.g. 10.0.0.0/8), or *"
+            raise ConfigurationError(msg) from None
+    return tuple(proxies)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import TYPE_CHECKING
 
 import msgspec
 from litestar.exceptions import HTTPException
@@ -31,6 +32,9 @@ from ingest_shared.schema import (
     Source,
     to_epoch_ms,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 STREAM_ID = re.compile(STREAM_ID_PATTERN)
 # A label filter, name=value: an event label's name (reserved names excluded) and value, as one
@@ -90,7 +94,7 @@ def label_filters(values: list[str] | None) -> list[tuple[str, str]]:
     return found
 
 
-def label_terms(labels: list[tuple[str, str]]) -> list[str]:
+def label_terms(labels: Iterable[tuple[str, str]]) -> list[str]:
     """FILTER terms matching series that carry every one of ``labels``."""
     return [f"{name}={stored_label_value(value)}" for name, value in labels]
 

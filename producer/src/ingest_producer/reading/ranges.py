@@ -9,7 +9,7 @@ samples are never pulled into Python to be aggregated. Buckets start at multiple
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from redis.exceptions import ResponseError
@@ -40,7 +40,7 @@ class RangeQuery:
     start: int
     end: int
     # Event labels every series read must carry (``label=name=value`` parameters).
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 def parse_range(
@@ -71,7 +71,7 @@ def parse_range(
             "(fleet queries offer avg, min, max, sum, count, range)"
         )
         raise params.invalid("agg", msg)
-    return RangeQuery(metric, source, agg, bucket_ms, start, end, wanted)
+    return RangeQuery(metric, source, agg, bucket_ms, start, end, tuple(wanted))
 
 
 def _too_many(ctx: ReadContext, query: RangeQuery, points: str) -> Exception:
@@ -148,6 +148,24 @@ async def _source_raw(ctx: ReadContext, query: RangeQuery, source: str) -> Range
     return _result(query, "raw", False, _points(samples))
 
 
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """Which buckets of an aggregated range a rollup may serve: those entirely inside
+    ``[start, end]``. ``tail`` is the start of the last bucket when ``end`` cuts it (computed
+    from raw samples up to ``end``), else None."""
+
+    start: int
+    rollup_end: int
+    tail: int | None
+
+    @classmethod
+    def of(cls, start: int, end: int, bucket_ms: int) -> _Span:
+        last = end // bucket_ms * bucket_ms
+        if end == last + bucket_ms - 1:
+            return cls(start, end, None)
+        return cls(start, last - 1, last if last >= start else None)
+
+
 async def _source_aggregated(ctx: ReadContext, query: RangeQuery, source: str) -> RangeResult:
     agg, bucket = query.agg, query.bucket_ms
     assert agg is not None
@@ -156,28 +174,69 @@ async def _source_aggregated(ctx: ReadContext, query: RangeQuery, source: str) -
     raw_key = keys.source_raw(query.metric, source)
     start = params.first_bucket(query.start, bucket)
     rollup = Rollup(agg, bucket)
+    if rollup not in keys.rollups:
+        pipe = ctx.redis.pipeline(transaction=False)
+        pipe.execute_command("TS.GET", raw_key)
+        pipe.execute_command("TS.RANGE", raw_key, start, query.end, "AGGREGATION", agg, bucket)
+        newest_reply, range_reply = await pipe.execute(raise_on_error=False)
+        newest = replies.latest_or_none(newest_reply)
+        samples = replies.range_or_none(range_reply)
+        if newest is None and samples is None:  # no series without labels: its labelled ones
+            return await _selected(ctx, query)
+        return _aggregated_result(query, "raw", samples or [], newest, bucket)
+    return await _source_from_rollup(ctx, query, source, rollup, start)
+
+
+async def _source_from_rollup(
+    ctx: ReadContext, query: RangeQuery, source: str, rollup: Rollup, start: int
+) -> RangeResult:
+    """A device's aggregated range served by its rollup where the rollup holds the whole
+    bucket: edge buckets cut by ``to``, and buckets older than the rollup itself (a rollup
+    configured after the data came), are aggregated from raw samples, so every path gives
+    the same answer."""
+    agg, bucket = rollup.agg, rollup.bucket_ms
+    raw_key = ctx.keys.source_raw(query.metric, source)
+    rollup_key = ctx.keys.source_rollup_of(query.metric, source, rollup)
+    span = _Span.of(start, query.end, bucket)
     pipe = ctx.redis.pipeline(transaction=False)
     pipe.execute_command("TS.GET", raw_key)
-    if rollup in keys.rollups:
-        rollup_key = keys.source_rollup_of(query.metric, source, rollup)
-        pipe.execute_command("TS.RANGE", rollup_key, start, query.end, "LATEST")
-    else:
-        pipe.execute_command("TS.RANGE", raw_key, start, query.end, "AGGREGATION", agg, bucket)
-    newest_reply, range_reply = await pipe.execute(raise_on_error=False)
+    pipe.execute_command("TS.RANGE", raw_key, "-", "+", "COUNT", 1)
+    pipe.execute_command("TS.RANGE", rollup_key, "-", "+", "COUNT", 1)
+    pipe.execute_command("TS.RANGE", rollup_key, span.start, span.rollup_end, "LATEST")
+    if span.tail is not None:
+        pipe.execute_command("TS.RANGE", raw_key, span.tail, query.end, "AGGREGATION", agg, bucket)
+    newest_reply, raw_first, rollup_first, range_reply, *tail_reply = await pipe.execute(
+        raise_on_error=False
+    )
     newest = replies.latest_or_none(newest_reply)
-    samples = replies.range_or_none(range_reply)
-    if newest is None and samples is None:  # no series without labels: its labelled ones
+    if newest is None:  # no series without labels: its labelled ones
         return await _selected(ctx, query)
-    origin: Origin = "rollup" if rollup in keys.rollups else "raw"
-    if samples is None and origin == "rollup" and newest is not None:
-        # The raw series exists but not this rollup (yet): the worker adds a rollup when it
-        # next sees the device, so until then Redis aggregates the raw series.
-        origin = "raw"
+    tail = replies.samples(tail_reply[0]) if tail_reply else []
+    first_raw = (replies.range_or_none(raw_first) or [(newest[0], 0.0)])[0][0]
+    first_bucket = first_raw // bucket * bucket
+    covered = replies.range_or_none(rollup_first)
+    # The rollup's first bucket may hold only the samples after its rule was created: unless
+    # it is the raw series' first bucket too, it and everything before come from raw samples.
+    raw_until = (
+        None
+        if covered and covered[0][0] <= first_bucket
+        else (covered[0][0] + bucket - 1 if covered else span.rollup_end)
+    )
+    samples = replies.range_or_none(range_reply) or []
+    origin: Origin = "rollup"
+    if raw_until is not None and raw_until >= span.start:
+        gap_end = min(raw_until, span.rollup_end)
         reply = await call(
-            ctx.redis, "TS.RANGE", raw_key, start, query.end, "AGGREGATION", agg, bucket
+            ctx.redis, "TS.RANGE", raw_key, span.start, gap_end, "AGGREGATION", agg, bucket
         )
-        samples = replies.samples(reply)
-    samples = samples or []
+        samples = replies.samples(reply) + [s for s in samples if s[0] > gap_end]
+        origin = "raw" if gap_end >= span.rollup_end else "rollup"
+    return _aggregated_result(query, origin, samples + tail, newest, bucket)
+
+
+def _aggregated_result(
+    query: RangeQuery, origin: Origin, samples: list[Sample], newest: Sample | None, bucket: int
+) -> RangeResult:
     newest_ts = None if newest is None else newest[0]
     return _result(query, origin, aggregates.is_open(samples, newest_ts, bucket), _points(samples))
 
@@ -258,16 +317,24 @@ async def _fleet_aggregated(ctx: ReadContext, query: RangeQuery) -> RangeResult:
     use_rollups = aggregates.from_rollups(plan, bucket, ctx.keys.rollups)
     selector = _selector(query)
     start = params.first_bucket(query.start, bucket)
+    # Rollups serve whole buckets only; a last bucket cut by `to` comes from raw samples.
+    span = _Span.of(start, query.end, bucket) if use_rollups else _Span(start, query.end, None)
     parts = aggregates.part_queries(
-        plan, start, query.end, bucket, selector, use_rollups=use_rollups
+        plan, start, span.rollup_end, bucket, selector, use_rollups=use_rollups
     )
+    tail = []
+    if span.tail is not None:
+        tail = aggregates.part_queries(
+            plan, span.tail, query.end, bucket, selector, use_rollups=False
+        )
     # The newest sample of the metric, only for its time (lastBucketOpen): the per-metric
     # series (its partials) has every device's timestamps; its values are never used here.
     newest_query = partials.newest_raw_query([query.metric])
-    *answers, newest_answer = await fan_out(ctx.nodes, [*parts, newest_query])
-    samples = aggregates.combine(
-        plan, [aggregates.by_metric(answer).get(query.metric, []) for answer in answers]
-    )
+    *answers, newest_answer = await fan_out(ctx.nodes, [*parts, *tail, newest_query])
+    by_part = [aggregates.by_metric(answer).get(query.metric, []) for answer in answers]
+    samples = aggregates.combine(plan, by_part[: len(parts)])
+    if tail:
+        samples += aggregates.combine(plan, by_part[len(parts) :])
     newest_sample = partials.newest_raw(newest_answer).get(query.metric)
     newest = None if newest_sample is None else newest_sample[0]
     open_ = aggregates.is_open(samples, newest, bucket)
