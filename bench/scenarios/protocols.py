@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import httpx
 
 from bench.loadgen import log
+from bench.profile import profiled
 from bench.protocol_payloads import Payload, otlp_export, remote_write_request, telegraf_batch
-from bench.scenarios.common import measure, reset_streams, warm_up
+from bench.scenarios.common import measure, reset_streams, scratch_figure, warm_up
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -105,4 +106,14 @@ def run(bench: Bench) -> None:
                 bench, server, fig, "post_file.lua",
                 connections=conns, script_args=_args(payload, file), per_request=payload.samples,
             )  # fmt: skip
+            reset_streams(bench)
+    if cfg.profile:
+        for fig, payload, file in ready:
+            log(f"scenario 11: profiled repetition, {fig.key} (not measured)")
+            with profiled(bench, fig.key.replace(".", "-"), server):
+                measure(
+                    bench, server, scratch_figure(fig, "profiled"), "post_file.lua",
+                    connections=conns, script_args=_args(payload, file),
+                    per_request=payload.samples,
+                )  # fmt: skip
             reset_streams(bench)

@@ -213,11 +213,28 @@ class TimeWindow(Base):
 EXPORTED_PREFIX = "exported_"
 
 
+# Label sets valid_labels accepted, by their items in order: an agent sends the same series
+# request after request (bounded: cleared when full).
+_valid_sets: dict[tuple[tuple[str, str], ...], dict[str, str] | None] = {}
+
+
 def valid_labels(labels: dict[str, str]) -> dict[str, str] | None:
     """``labels`` checked as an event's (None for an empty set); InvalidEventError naming the
     rule otherwise. For labels that did not come through the JSON decoder (protocols): a
     reserved name is renamed ``exported_<name>`` rather than refused (an agent cannot rename
     its labels; a JSON client can, and gets a 422)."""
+    key = tuple(labels.items())
+    found = _valid_sets.get(key, labels)
+    if found is not labels:
+        return found
+    checked = _check_protocol_labels(labels)
+    if len(_valid_sets) >= _CACHE_LIMIT:
+        _valid_sets.clear()
+    _valid_sets[key] = checked
+    return checked
+
+
+def _check_protocol_labels(labels: dict[str, str]) -> dict[str, str] | None:
     clashing = keys.RESERVED_LABELS.intersection(labels)
     if clashing:
         labels = dict(labels)
@@ -226,11 +243,42 @@ def valid_labels(labels: dict[str, str]) -> dict[str, str] | None:
             while renamed in labels:
                 renamed = EXPORTED_PREFIX + renamed
             labels[renamed] = labels.pop(name)
+    if len(labels) <= LABELS_MAX and all(
+        type(name) is str
+        and type(value) is str
+        and _LABEL_NAME_RE.match(name) is not None
+        and _LABEL_VALUE_RE.match(value) is not None
+        for name, value in labels.items()
+    ):
+        # msgspec.convert costs ~6 us a set (it hashes the Annotated type on every call): the
+        # same rules by their regexes, msgspec only for the words of an error.
+        if sum(len(name) + len(value) + 6 for name, value in labels.items()) * 6 < (
+            LABELS_MAX_BYTES
+        ):
+            return labels or None  # a character is at most 6 bytes of JSON: within the limit
+        return check_labels(labels)
     try:
         checked = msgspec.convert(labels, Labels)
     except msgspec.ValidationError as exc:
         raise _invalid_labels(exc) from None
     return check_labels(checked)
+
+
+# Metric and source names accept_reading found valid (bounded: cleared when full).
+_reading_names: set[str] = set()
+_reading_sources: set[str] = set()
+
+
+def _remember_name(name: str) -> None:
+    if len(_reading_names) >= _CACHE_LIMIT:
+        _reading_names.clear()
+    _reading_names.add(name)
+
+
+def _remember_source(source: str) -> None:
+    if len(_reading_sources) >= _CACHE_LIMIT:
+        _reading_sources.clear()
+    _reading_sources.add(source)
 
 
 def accept_reading(
@@ -246,18 +294,22 @@ def accept_reading(
     """A reading that did not come as a JSON event (a protocol's sample), checked by the same
     rules: names, a finite value, the time window (None: stamped at append). ``labels`` must
     already be :func:`valid_labels`' result. Raises InvalidEventError naming the field."""
-    if _METRIC_RE.search(metric) is None or len(metric) > NAME_MAX:
-        msg = (
-            f"metric {metric[:NAME_MAX]!r}: must be 1\u2013{NAME_MAX} characters: letters, "
-            "digits, `_ . : -`"
-        )
-        raise InvalidEventError(msg, "metric")
-    if _SOURCE_RE.search(source) is None or len(source) > NAME_MAX:
-        msg = (
-            f"source {source[:NAME_MAX]!r}: must be 1\u2013{NAME_MAX} characters: letters, "
-            "digits, `_ . : @ / -`"
-        )
-        raise InvalidEventError(msg, "source")
+    if metric not in _reading_names:
+        if _METRIC_RE.search(metric) is None or len(metric) > NAME_MAX:
+            msg = (
+                f"metric {metric[:NAME_MAX]!r}: must be 1\u2013{NAME_MAX} characters: letters, "
+                "digits, `_ . : -`"
+            )
+            raise InvalidEventError(msg, "metric")
+        _remember_name(metric)
+    if source not in _reading_sources:
+        if _SOURCE_RE.search(source) is None or len(source) > NAME_MAX:
+            msg = (
+                f"source {source[:NAME_MAX]!r}: must be 1\u2013{NAME_MAX} characters: letters, "
+                "digits, `_ . : @ / -`"
+            )
+            raise InvalidEventError(msg, "source")
+        _remember_source(source)
     if not math.isfinite(value) or abs(value) > _MAX_FLOAT:
         msg = "value: must be a finite number"
         raise InvalidEventError(msg, "value")
@@ -277,6 +329,8 @@ def accept_reading(
 # (tests/unit/test_schema_fastpath.py) checks that both paths agree.
 _METRIC_RE = re.compile(METRIC_PATTERN)
 _SOURCE_RE = re.compile(SOURCE_PATTERN)
+_LABEL_NAME_RE = re.compile(LABEL_NAME_PATTERN)
+_LABEL_VALUE_RE = re.compile(LABEL_VALUE_PATTERN)
 # A JSON number, the only text msgspec's lax str -> float conversion accepts.
 _NUMBER_RE = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 _SECOND_RE = re.compile(rb"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})")

@@ -75,8 +75,7 @@ def decode_remote_write(
     result = Decoded()
     samples = result.samples
     nan = infinite = stale = histograms = 0
-    source_label, default_source = mapping.source_label, mapping.default_source
-    names: dict[bytes, tuple[str, str]] = {}  # encoded Label -> (name, value), per request
+    known = _known_series(mapping)
     for series in request.timeseries:
         points = series.samples
         if not points:
@@ -84,18 +83,16 @@ def decode_remote_write(
             # checking every series for histograms cost ~15% of the decode.
             histograms += len(series.histograms)
             continue
-        labels: dict[str, str] = {}
-        for encoded in series.labels:
-            pair = names.get(encoded)
-            if pair is None:
-                pair = names[encoded] = _label(encoded)
-            labels[pair[0]] = pair[1]
-        metric = labels.pop(METRIC_NAME_LABEL, None)
-        source = labels.pop(source_label, None) or default_source
-        if not metric or source is None:
-            missing = METRIC_NAME_LABEL if not metric else source_label
-            reason = f"no {missing} label"
-            result.rejected.append(Rejected(_describe(metric, labels), reason, len(points)))
+        encoded = tuple(series.labels)
+        found = known.get(encoded)
+        if found is None:
+            found = _series_of(encoded, mapping)
+            if len(known) >= _KNOWN_SERIES_LIMIT:
+                known.clear()
+            known[encoded] = found
+        metric, source, labels, reason = found
+        if source is None:
+            result.rejected.append(Rejected(metric, reason, len(points)))  # metric: description
             continue
         for sample in points:
             value = sample.value
@@ -140,6 +137,28 @@ def parse_write_request(data: bytes) -> remote_write_pb2.WriteRequestView:
         msg = f"body is not a prometheus.WriteRequest: {error}"
         raise ProtocolError(msg) from None
     return request
+
+
+# A series as its encoded labels -> (metric, source, labels, ""), or for a series to reject
+# (description, None, {}, reason). Prometheus sends the same series request after request:
+# the labels of a known one are not parsed again (~1/3 of the decode of 2,000 series).
+_Series = tuple[str, str | None, dict[str, str], str]
+_KNOWN_SERIES_LIMIT: Final = 100_000
+_known: dict[RemoteWriteMapping, dict[tuple[bytes, ...], _Series]] = {}
+
+
+def _known_series(mapping: RemoteWriteMapping) -> dict[tuple[bytes, ...], _Series]:
+    return _known.setdefault(mapping, {})
+
+
+def _series_of(encoded: tuple[bytes, ...], mapping: RemoteWriteMapping) -> _Series:
+    labels = dict(map(_label, encoded))
+    metric = labels.pop(METRIC_NAME_LABEL, None)
+    source = labels.pop(mapping.source_label, None) or mapping.default_source
+    if not metric or source is None:
+        missing = METRIC_NAME_LABEL if not metric else mapping.source_label
+        return _describe(metric, labels), None, {}, f"no {missing} label"
+    return metric, source, labels, ""
 
 
 def _label(encoded: bytes) -> tuple[str, str]:
