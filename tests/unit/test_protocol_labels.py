@@ -19,7 +19,7 @@ names = st.one_of(
 values = st.one_of(st.sampled_from(["x", "a,b (c)", "v" * 256, "v" * 257, ""]), st.text(max_size=6))
 
 
-def verdict_of_schema(labels: dict[str, str]) -> dict[str, str] | None | str:
+def verdict_of_schema(labels: dict[str, str]) -> dict[str, str] | str | None:
     try:
         checked = msgspec.convert(labels, schema.Labels)
     except msgspec.ValidationError:
@@ -30,7 +30,7 @@ def verdict_of_schema(labels: dict[str, str]) -> dict[str, str] | None | str:
         return "invalid"
 
 
-def verdict(labels: dict[str, str]) -> dict[str, str] | None | str:
+def verdict(labels: dict[str, str]) -> dict[str, str] | str | None:
     try:
         return schema.valid_labels(labels)
     except InvalidEventError:
