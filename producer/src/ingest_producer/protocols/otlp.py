@@ -224,13 +224,18 @@ class _Collector:
     def point(
         self, series: _Series, attributes: dict[str, str], value: float, flags: int, time_ns: int
     ) -> None:
-        if flags & _FLAG_NO_RECORDED_VALUE:
-            self.no_recorded_value += 1
-        elif -_MAX_FLOAT <= value <= _MAX_FLOAT:
+        if flags & _FLAG_NO_RECORDED_VALUE or not -_MAX_FLOAT <= value <= _MAX_FLOAT:
+            self.unusable(value, flags)
+        else:
             timestamp_ms = time_ns // _NS_PER_MS if time_ns else None
             labels = series.labels(attributes)
             sample = ProtocolSample(series.metric, series.source, labels, value, timestamp_ms)
             self.result.samples.append(sample)
+
+    def unusable(self, value: float, flags: int) -> None:
+        """Count a point that has no usable value: no recorded value, NaN or infinite."""
+        if flags & _FLAG_NO_RECORDED_VALUE:
+            self.no_recorded_value += 1
         elif math.isinf(value):
             self.infinite += 1
         else:
@@ -279,6 +284,8 @@ def _describe(attributes: dict[str, str]) -> str:
 
 def _pb_points(out: _Collector, series: _Series, points: Iterable[NumberDataPoint]) -> None:
     no_value = 0
+    append = out.result.samples.append
+    metric, source = series.metric, series.source
     for point in points:
         which = point.WhichOneof("value")
         if which == "as_double":
@@ -288,10 +295,15 @@ def _pb_points(out: _Collector, series: _Series, points: Iterable[NumberDataPoin
         else:
             no_value += 1
             continue
-        attributes = _pb_attributes(point.attributes, out)
-        out.point(series, attributes, value, point.flags, point.time_unix_nano)
+        if point.flags & _FLAG_NO_RECORDED_VALUE or not -_MAX_FLOAT <= value <= _MAX_FLOAT:
+            out.unusable(value, point.flags)
+            continue
+        labels = series.labels(_pb_attributes(point.attributes, out))
+        time_ns = point.time_unix_nano
+        timestamp_ms = time_ns // _NS_PER_MS if time_ns else None
+        append(ProtocolSample(metric, source, labels, value, timestamp_ms))
     if no_value:
-        out.no_value(series.metric, no_value)
+        out.no_value(metric, no_value)
 
 
 def _pb_resource(attributes: Iterable[KeyValue], wanted: frozenset[str]) -> dict[str, str]:
