@@ -132,6 +132,7 @@ RULES: dict[str, tuple[Callable[[str], bool], list[str]]] = {
     "consumer": (_accepts(_consumer), GOOD_NAMES + BAD_NAMES + GOOD_SOURCES + BAD_SOURCES),
     "letter_id": (_accepts(params.stream_id), GOOD_IDS + BAD_IDS),
     "before": (_accepts(params.stream_id), GOOD_IDS + BAD_IDS),
+    "after": (_accepts(params.stream_id), GOOD_IDS + BAD_IDS),
     "ids": (_accepts(params.stream_id), GOOD_IDS + BAD_IDS),
     # The other branch of `from`/`to` is an RFC 3339 time, not asked about here.
     "from": (_accepts(lambda t: params.epoch_ms(t, "from")), GOOD_TIMES + BAD_TIMES),

@@ -106,7 +106,7 @@ async def test_valid_events_are_stored_per_metric_and_per_source_then_acked(
 GARBAGE = {
     "missing value": (
         {b"source": b"sensor-a", b"metric": b"cpu"},
-        "missing field 'value'",
+        "value: missing",
     ),
     "value not a number": (
         {b"source": b"sensor-a", b"metric": b"cpu", b"value": b"twelve"},

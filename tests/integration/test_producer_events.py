@@ -142,7 +142,7 @@ def _too_old() -> str:
 INVALID: list[tuple[str, dict[str, object], str]] = [
     ("metric with a trailing newline", {"metric": "cpu\n"}, "metric"),
     ("metric with a space", {"metric": "cpu load"}, "metric"),
-    ("metric with a colon", {"metric": "cpu:1"}, "metric"),
+    ("metric with a semicolon", {"metric": "cpu;1"}, "metric"),
     ("metric with braces", {"metric": "{cpu}"}, "metric"),
     ("empty metric", {"metric": ""}, "metric"),
     ("metric of 129 chars", {"metric": "m" * 129}, "metric"),

@@ -407,7 +407,7 @@ async def test_openapi_documents_every_route_body_and_error_shape(client: Client
     event = paths["/api/ingest/events"]["post"]
     # One event or a batch of them (test_producer_batches checks the batch side).
     schema = event["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0]
-    assert set(schema["properties"]) == {"source", "metric", "value", "occurredAt"}
+    assert set(schema["properties"]) == {"source", "metric", "value", "occurredAt", "labels"}
     assert schema["required"] == ["source", "metric", "value"]
     for code in ("400", "413", "415", "422", "503"):
         assert event["responses"][code]["content"]["application/json"]["schema"] == {

@@ -220,14 +220,19 @@ def test_every_operation_passes_every_check(case: Case[Any]) -> None:
 
 @pytest.mark.timeout(300)
 def test_stateful_workflows_pass_every_check(api_schema: BaseSchema, redis_url: str) -> None:
-    client = Redis.from_url(redis_url)
-    try:
-        # Dead letters for the list -> DELETE link to pick from.
-        for _ in range(20):
-            entry = dead_letter_fields(b"1700000000000-0", "value: bad", None, "w1", now_ms())
-            client.xadd(Settings(stream_shards=1).keys.dead_letter, entry)
-    finally:
-        client.close()
+    dead_letters = Settings(stream_shards=1).keys.dead_letter
+
+    def reseed(_: object) -> None:
+        # The same dead letters (same ids) before every scenario, for the list -> DELETE link
+        # to pick from: hypothesis replays a scenario and needs it to draw from the same state.
+        client = Redis.from_url(redis_url)
+        try:
+            client.delete(dead_letters)
+            for n in range(20):
+                entry = dead_letter_fields(b"1700000000000-0", "value: bad", None, "w1", now_ms())
+                client.xadd(dead_letters, entry, id=f"1700000000000-{n + 1}")
+        finally:
+            client.close()
 
     def count(_: object, case: Case[Any]) -> None:
         CASES[f"stateful {case.operation.label}"] += 1
@@ -236,7 +241,7 @@ def test_stateful_workflows_pass_every_check(api_schema: BaseSchema, redis_url: 
         return _gzip_body(case)
 
     workflow = api_schema.as_state_machine()
-    methods = {"before_call": count, "get_call_kwargs": call_kwargs}
+    methods = {"before_call": count, "get_call_kwargs": call_kwargs, "setup": reseed}
     counting = cast("type[APIStateMachine]", type("CountingWorkflow", (workflow,), methods))
     counting.run(
         settings=settings(

@@ -127,7 +127,7 @@ def test_stream_entry_round_trip() -> None:
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
-        ({b"metric": b"cpu", b"value": b"1"}, "missing field 'source'"),
+        ({b"metric": b"cpu", b"value": b"1"}, "source: missing"),
         ({b"source": b"s", b"metric": b"cpu", b"value": b"abc"}, "value"),
         ({b"source": b"s", b"metric": b"cpu", b"value": b"nan"}, "value"),
         ({b"source": b"s", b"metric": b"cpu", b"value": b"inf"}, "value"),

@@ -23,7 +23,7 @@ from ingest_producer.health import health_routes
 from ingest_producer.ingest import enqueue_route, process_route
 from ingest_producer.observe import RequestObserver, metrics_route
 from ingest_producer.read_routes import read_side_routes
-from ingest_producer.summary import query_routes
+from ingest_producer.summary import EntryChecks, query_routes
 from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.processor import create_processor
 from ingest_shared.schema import TimeWindow
@@ -122,7 +122,7 @@ def create_app(
             enqueue_route(settings, window, appender, backlog),
             *agent_routes(settings, window, appender, backlog, redis),
             process_route(redis, keys, group, processors, type_required=not settings.write_keys),
-            *query_routes(redis, keys, group),
+            *query_routes(redis, keys, group, EntryChecks.of(settings)),
             *read_side_routes(settings, redis, ring),
             *health_routes(redis, keys, backlog),
             *([metrics_route(multiprocess_dir)] if settings.metrics_enabled else []),

@@ -1,6 +1,7 @@
 """``ingest-producer``: serve the API with uvicorn on INGEST_HTTP_HOST:INGEST_HTTP_PORT.
 
 The HTTP limits (INGEST_HTTP_*) are uvicorn's keep-alive timeout plus ``serving``'s protocol.
+Forwarded headers are believed only from INGEST_TRUSTED_PROXIES (none by default).
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def main() -> None:
         "log_config": None,  # keep the structlog setup above
         "server_header": False,
         "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace_s),
+        # uvicorn believes X-Forwarded-For from loopback by default, which would let any local
+        # client pick its address (and so its rate-limit budget): only INGEST_TRUSTED_PROXIES.
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": list(settings.trusted_proxies),
     }
     if settings.http_workers > 1:
         # Several processes need an import string; each process then runs the factory. They

@@ -26,8 +26,8 @@ from ingest_producer.reading import deadletters, params
 from ingest_producer.reading.context import ReadContext
 
 _REPLAY_DOC = (
-    '`{"ids": [dead-letter ids]}` or `{"all": true, "max": n}` (the oldest n, default '
-    "1000, at most 10000)."
+    '`{"ids": [dead-letter ids]}` (at most 10000) or `{"all": true, "max": n}` (up to n of '
+    "the oldest that are valid now, default 1000, at most 10000)."
 )
 # Exactly one of the two (else 422): what deadletters.replay checks.
 _REPLAY_CONSTRAINTS = {
@@ -75,7 +75,7 @@ def dead_letter_routes(ctx: ReadContext, *, type_required: bool = False) -> list
         "/api/ingest/dead-letters/replay",
         status_code=200,
         operation_class=replay_body,
-        responses=error_responses(400, 401, 403, 415, 422, 500, 503),
+        responses=error_responses(400, 401, 403, 413, 415, 422, 500, 503),
         opt={ACCESS_OPT: Access.WRITE},
         tags=["dead letters"],
         summary="Re-validate dead letters and move the valid ones back to the stream",
@@ -83,14 +83,30 @@ def dead_letter_routes(ctx: ReadContext, *, type_required: bool = False) -> list
             "Each payload is checked again with the event schema and the time window. A valid "
             "one is appended to the stream and removed from the dead letters in one atomic "
             "step (a retry or a concurrent call with the same ids moves it once); an invalid "
-            "one stays, listed in `still_invalid` with its current reason; ids not found are "
-            "listed in `missing`."
+            "one stays, listed in `still_invalid` with its current reason (starting with the "
+            "field it is about); ids not found are listed in `missing`. `all` goes through the "
+            "dead letters from the oldest (or from just after `after`), skips each one still "
+            "invalid (listed in `still_invalid`) and goes on until `max` are replayed, every "
+            f"dead letter was looked at, or {deadletters.MAX_SKIPPED} were skipped; then the "
+            "last `still_invalid` id, as `after`, continues from there."
         ),
     )
-    async def replay(request: Request[Any, Any, Any]) -> ReplayResult:
+    async def replay(
+        request: Request[Any, Any, Any],
+        after: Annotated[
+            str | None,
+            Parameter(
+                description=(
+                    "With `all`: start after this dead-letter id (exclusive), e.g. the last "
+                    "`still_invalid` id of the previous call (ignored with `ids`)"
+                ),
+                **id_doc,
+            ),
+        ] = None,
+    ) -> ReplayResult:
         require_json(request.scope, required=type_required)
         job = decode_json(await request.body(), replay_decoder)
-        return await deadletters.replay(ctx, job)
+        return await deadletters.replay(ctx, job, after)
 
     @delete(
         "/api/ingest/dead-letters/{letter_id:str}",

@@ -134,8 +134,8 @@ class Guards:
         if headers.idempotency_key is None and not self._rate_limit:
             return None, None, None
         client: str = request.state.get(CLIENT_ID, ANONYMOUS)
-        # Without API keys, each client address has its own budget (behind a proxy, set
-        # uvicorn's forwarded-allow-ips so the address is the client's, not the proxy's).
+        # Without API keys, each client address has its own budget (behind a proxy, list it
+        # in INGEST_TRUSTED_PROXIES so the address is the client's, not the proxy's).
         bucket = client if client != ANONYMOUS or not self._rate_limit else _address(request)
         shard = self._keys.shard_of_client(bucket)
         idempotency = None

@@ -1,5 +1,6 @@
 """Per-request observation: a request id on the response and on every log line of the
-request, and the request metrics; plus ``GET /metrics``.
+request, and the request metrics; plus ``GET /metrics``. Being the one wrapper around the whole
+app, it also refuses an API query parameter given twice (``reading.params``).
 
 One raw ASGI wrapper around the whole app, so routing errors (404, 405) and errors turned
 into responses by the exception handlers are counted with their real status. It costs a few
@@ -22,12 +23,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ingest_producer import metrics
+from ingest_producer.errors import validation_detail
+from ingest_producer.models import ErrorBody
+from ingest_producer.reading import params
+from ingest_shared.schema import JSON_ENCODER
 
 if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+    from ingest_producer.models import FieldError
+
 REQUEST_ID_HEADER = b"x-request-id"
+# The service's own routes (not the agent protocols', nor /health or /metrics).
+API_PREFIX = "/api/ingest/"
 # A client's id is kept when it is short and plain (it ends up in logs); else one is made.
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 UNMATCHED_ROUTE = "unmatched"
@@ -68,7 +77,11 @@ class RequestObserver:
 
         started = time.perf_counter()
         try:
-            await self._app(scope, receive, send_with_id)
+            repeated = _repeated_parameter(scope)
+            if repeated is None:
+                await self._app(scope, receive, send_with_id)
+            else:
+                await _answer_422(repeated, send_with_id)
         finally:
             if self._count:
                 route = scope.get("path_template") or UNMATCHED_ROUTE
@@ -85,6 +98,23 @@ class RequestObserver:
         if duration is None:
             duration = self._durations[route] = metrics.REQUEST_DURATION.labels(route)
         duration.observe(seconds)
+
+
+def _repeated_parameter(scope: Scope) -> FieldError | None:
+    """A one-value query parameter of an API route given twice (Litestar would take the last
+    value silently). Checked here, around the whole app, so that every route of ours refuses it
+    the same way; the agent protocols' routes keep their own conventions."""
+    query: bytes = scope.get("query_string", b"")
+    if not query or not scope["path"].startswith(API_PREFIX):
+        return None
+    return params.repeated_parameter(query)
+
+
+async def _answer_422(error: FieldError, send: Send) -> None:
+    body = JSON_ENCODER.encode(ErrorBody(422, validation_detail([error]), [error]))
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 422, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 # Litestar appends "; charset=utf-8" to every text/* type: give it the type without one, so

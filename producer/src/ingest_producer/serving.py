@@ -8,6 +8,10 @@ plus what is missing:
 
 - 431 when the request line and headers pass ``INGEST_HTTP_MAX_HEADER_BYTES``, counted as the
   bytes arrive, so a 64 MB header costs at most one socket read beyond the limit;
+- 414 when the URL alone passes that limit, or 65,535 bytes (the most httptools' URL parser
+  takes: uvicorn would answer a longer one with a plain-text 400), checked as it arrives;
+- 400 in the JSON error shape, instead of uvicorn's plain text, for a request httptools cannot
+  parse;
 - 408 when the headers are not complete ``INGEST_HTTP_HEADER_TIMEOUT_S`` after the connection
   opened or after their first byte (a connection that sent nothing is closed without a word),
   or the body ``INGEST_HTTP_BODY_TIMEOUT_S`` after the headers;
@@ -51,6 +55,8 @@ MAX_LINGERING = 256
 FD_RESERVE = 1_024
 # Enforced limits are summed up in one log line per interval, however many clients hit them.
 LOG_INTERVAL_S = 5.0
+# httptools.parse_url refuses a URL of 65,536 bytes or more (its offsets are 16-bit).
+URL_PARSER_MAX_BYTES = 65_535
 
 
 def _error_body(status: int, detail: str) -> bytes:
@@ -98,13 +104,21 @@ class Guard:
             f"retry after {RETRY_AFTER_S} s",
             f"retry-after: {RETRY_AFTER_S}",
         )
-        self.head_too_large_body = _error_body(
-            431,
+        head_detail = (
             f"request line and headers larger than {self.max_header_bytes} bytes "
-            "(INGEST_HTTP_MAX_HEADER_BYTES)",
+            "(INGEST_HTTP_MAX_HEADER_BYTES)"
         )
-        self.head_too_large = Answer.of(
-            431, "Request Header Fields Too Large", self.head_too_large_body.decode()
+        self.head_too_large_body = _error_body(431, head_detail)
+        self.head_too_large = Answer.of(431, "Request Header Fields Too Large", head_detail)
+        if self.max_header_bytes <= URL_PARSER_MAX_BYTES:
+            url_limit = f"{self.max_header_bytes} bytes (INGEST_HTTP_MAX_HEADER_BYTES)"
+        else:
+            url_limit = f"{URL_PARSER_MAX_BYTES} bytes (the most the HTTP parser takes)"
+        self.url_too_long = Answer.of(414, "URI Too Long", f"URL longer than {url_limit}")
+        self.bad_request = Answer.of(
+            400,
+            "Bad Request",
+            "malformed HTTP request: the request line or headers cannot be parsed",
         )
         self.head_timeout = Answer.of(
             408,
@@ -117,6 +131,11 @@ class Guard:
             "Request Timeout",
             f"body not received within {self.body_timeout_s:g} s (INGEST_HTTP_BODY_TIMEOUT_S)",
         )
+
+    @property
+    def max_url_bytes(self) -> int:
+        """The longest URL served: the head limit, or what the URL parser takes if less."""
+        return min(self.max_header_bytes, URL_PARSER_MAX_BYTES)
 
     def count(self, what: str) -> None:
         """Log one enforcement at once; those that follow, summed, once per LOG_INTERVAL_S."""
@@ -159,6 +178,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._draining = False
         self._lingering = False
+        # What send_400_response answers instead of uvicorn's plain text (set by on_url).
+        self._refusal: Answer | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         guard = self._guard
@@ -185,6 +206,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if not self._in_body:
             self._head_bytes += len(data)
         super().data_received(data)
+        if self._draining:  # refused while parsing (send_400_response)
+            return
         if self._in_body:
             if self._deadline is None:
                 self._deadline = self.loop.call_later(self._guard.body_timeout_s, self._expired)
@@ -193,6 +216,23 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 self._head_too_large()
             elif self._deadline is None:
                 self._deadline = self.loop.call_later(self._guard.header_timeout_s, self._expired)
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self._guard.max_url_bytes:
+            # Refused as it arrives, before the parser gives up on it: raising here makes
+            # uvicorn's data_received call send_400_response, which answers _refusal.
+            self._guard.count("urls_too_long")
+            self._refusal = self._guard.url_too_long
+            raise _UrlTooLongError
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to what httptools cannot parse, in our JSON error shape."""
+        answer, self._refusal = self._refusal or self._guard.bad_request, None
+        if self._busy():
+            self.transport.close()
+        else:
+            self._refuse(answer)
 
     def on_headers_complete(self) -> None:
         if self._deadline is not None:
@@ -283,6 +323,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._guard.lingering += 1
         self._lingering = True
         self._deadline = self.loop.call_later(LINGER_S, transport.close)
+
+
+class _UrlTooLongError(Exception):
+    """Raised in a parser callback to stop parsing a URL over the limit."""
 
 
 async def _head_too_large(

@@ -4,7 +4,7 @@ No ``from __future__ import annotations`` here: Litestar reads handler annotatio
 """
 
 import asyncio
-import math
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from litestar import get
@@ -25,20 +25,50 @@ from ingest_producer.models import (
 from ingest_producer.openapi import ParameterOperation
 from ingest_producer.reading import partials
 from ingest_producer.reading.replies import Sample
-from ingest_shared import keys as k
-from ingest_shared.keys import Keys
+from ingest_shared.exceptions import InvalidEventError
+from ingest_shared.keys import FIELD_OVERSIZED, FIELD_PREFIX, FIELD_VALUE, Keys
+from ingest_shared.messages import field_first
 from ingest_shared.redis_client import RedisClient, call
-from ingest_shared.schema import now_ms
+from ingest_shared.schema import TimeWindow, now_ms, sample_from_entry
+from ingest_shared.settings import Settings
+from ingest_shared.streams import OVERSIZED_PREFIX_BYTES, bounded_fields
 
 # Replies that mean "nothing there yet" rather than a failure.
 _NO_GROUP = "NOGROUP"
 _NO_KEY = "no such key"
 # The queue commands read_summary sends per shard.
 _SHARD_REPLIES = 6
+# The fields an oversized entry is shown with (as the worker's read functions return it).
+_OVERSIZED, _PREFIX = FIELD_OVERSIZED.decode(), FIELD_PREFIX.decode()
 
 
-def query_routes(redis: RedisClient, keys: Keys, group: str) -> list[HTTPRouteHandler]:
-    """The read routes, bound to their collaborators."""
+class CheckedEntry(RecentEntry, omit_defaults=True):
+    """One stream entry as the worker would take it: ``reason`` (absent when it would store
+    the entry) says why it will be dead-lettered."""
+
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EntryChecks:
+    """What the worker checks a stream entry with: the time window, and the largest entry it
+    decodes (INGEST_MAX_ENTRY_BYTES; 0: any)."""
+
+    window: TimeWindow
+    max_entry_bytes: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> "EntryChecks":
+        return cls(
+            TimeWindow(settings.max_clock_skew_ms, settings.retention_ms),
+            settings.max_entry_bytes,
+        )
+
+
+def query_routes(
+    redis: RedisClient, keys: Keys, group: str, checks: EntryChecks
+) -> list[HTTPRouteHandler]:
+    """The read routes, bound to their collaborators; ``checks``: ``EntryChecks.of(settings)``."""
 
     @get(
         "/api/ingest/summary",
@@ -70,11 +100,20 @@ def query_routes(redis: RedisClient, keys: Keys, group: str) -> list[HTTPRouteHa
         operation_class=ParameterOperation,
         tags=["queries"],
         summary="The newest stream entries, newest first",
+        description=(
+            "Each entry is checked with the worker's own rules. `value` holds its fields as "
+            "text, and its `value` field as a number when the worker would store the entry; "
+            "otherwise `reason` says why the worker will dead-letter it (starting with the "
+            "field it is about). An entry larger than INGEST_MAX_ENTRY_BYTES is shown as the "
+            f"worker reads it: `{_OVERSIZED}` (its size) and `{_PREFIX}` (its first "
+            f"{OVERSIZED_PREFIX_BYTES} bytes), so one answer holds at most `count` entries of "
+            "that size."
+        ),
     )
     async def recent_events(
         count: Annotated[int, Parameter(ge=1, le=1000, description="How many entries")] = 20,
-    ) -> list[RecentEntry]:
-        return await read_recent(redis, keys, count)
+    ) -> list[CheckedEntry]:
+        return await read_recent(redis, keys, count, checks)
 
     return [summary, recent_events]
 
@@ -136,9 +175,11 @@ def _queue(keys: Keys, group: str, replies: list[Any]) -> QueueSummary:
     )
 
 
-async def read_recent(redis: RedisClient, keys: Keys, count: int) -> list[RecentEntry]:
+async def read_recent(
+    redis: RedisClient, keys: Keys, count: int, checks: EntryChecks
+) -> list[CheckedEntry]:
     """The newest ``count`` entries (of every shard, merged by id), whatever their writer put
-    in them."""
+    in them, each as :func:`checked_entry` shows it."""
     shards = keys.shards
     if len(shards) == 1:
         entries: list[tuple[bytes, dict[bytes, bytes]]] = await call(
@@ -150,7 +191,8 @@ async def read_recent(redis: RedisClient, keys: Keys, count: int) -> list[Recent
             pipe.execute_command("XREVRANGE", shard.stream, "+", "-", "COUNT", count)
         newest = [entry for reply in await pipe.execute() for entry in reply]
         entries = sorted(newest, key=lambda entry: _id_order(entry[0]), reverse=True)[:count]
-    return [RecentEntry(entry_id.decode(), entry_value(fields)) for entry_id, fields in entries]
+    now = now_ms()
+    return [checked_entry(entry_id, fields, checks, now) for entry_id, fields in entries]
 
 
 def _id_order(entry_id: bytes) -> tuple[int, int]:
@@ -176,21 +218,31 @@ def _merged(consumers: list[ConsumerInfo]) -> list[ConsumerInfo]:
     return list(by_name.values())
 
 
-def entry_value(fields: dict[bytes, bytes]) -> dict[str, str | float]:
-    """Fields as text (invalid UTF-8 replaced), with a finite numeric ``value`` as a number."""
-    value: dict[str, str | float] = {
-        name.decode(errors="replace"): text.decode(errors="replace")
-        for name, text in fields.items()
+def checked_entry(
+    entry_id: bytes, fields: dict[bytes, bytes], checks: EntryChecks, now: int
+) -> CheckedEntry:
+    """An entry checked as the worker checks it (``sample_from_entry``, after bounding its
+    size): fields as text (invalid UTF-8 replaced), ``value`` the number the worker would
+    store, or ``reason`` why it will not."""
+    shown = bounded_fields(fields, checks.max_entry_bytes)
+    texts: dict[str, str | float] = {
+        name.decode(errors="replace"): text.decode(errors="replace") for name, text in shown.items()
     }
-    raw = fields.get(k.FIELD_VALUE)
-    if raw is not None:
-        try:
-            number = float(raw)
-        except ValueError:
-            return value
-        if math.isfinite(number):
-            value[k.FIELD_VALUE.decode()] = number
-    return value
+    public_id = entry_id.decode()
+    if shown is not fields:
+        size = shown[FIELD_OVERSIZED].decode()
+        reason = (
+            f"entry of {size} bytes is larger than INGEST_MAX_ENTRY_BYTES "
+            f"({checks.max_entry_bytes}): shown as its size and first {OVERSIZED_PREFIX_BYTES} "
+            "bytes"
+        )
+        return CheckedEntry(public_id, texts, reason)
+    try:
+        sample = sample_from_entry(entry_id, fields, checks.window, now)
+    except InvalidEventError as exc:
+        return CheckedEntry(public_id, texts, field_first(exc.reason, exc.field))
+    texts[FIELD_VALUE.decode()] = sample.value
+    return CheckedEntry(public_id, texts)
 
 
 def _count(reply: object) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 
-__all__ = ["describe", "plain", "split_location"]
+__all__ = ["describe", "field_first", "plain", "split_location"]
 
 # msgspec appends the location of the failing value: "Expected `float`, got `str` - at `$.value`"
 _AT_PATH = re.compile(r"\A(?P<message>.*?) - at `\$\.?(?P<path>[^`]*)`\Z", re.DOTALL)
@@ -76,6 +76,8 @@ def _rule(info: mi.Type) -> str | None:
         return _str_rule(info)
     if isinstance(info, mi.FloatType | mi.IntType):
         return _number_rule(info)
+    if isinstance(info, mi.ListType | mi.DictType):
+        return _sized_rule(info)
     return _OTHER_RULES.get(type(info))
 
 
@@ -85,6 +87,20 @@ _OTHER_RULES: dict[type[mi.Type], str] = {
     mi.DictType: "must be a JSON object",
     mi.ListType: "must be a JSON array",
 }
+
+
+def _sized_rule(info: mi.ListType | mi.DictType) -> str:
+    """An array or object, with the number of items or entries it may hold, if limited."""
+    what = _OTHER_RULES[type(info)]
+    low, high = info.min_length, info.max_length
+    one, many = ("item", "items") if isinstance(info, mi.ListType) else ("entry", "entries")
+    if low is not None and high is not None:
+        return f"{what} of {low} to {high} {many}"
+    if high is not None:
+        return f"{what} of at most {high} {one if high == 1 else many}"
+    if low is not None:
+        return f"{what} of at least {low} {one if low == 1 else many}"
+    return what
 
 
 def _number_rule(info: mi.FloatType | mi.IntType) -> str:
@@ -141,3 +157,11 @@ def _char_class_words(chars: str) -> str:
 def plain(message: str) -> str:
     """A message about a whole body or event, in words (``must be an array, got an object``)."""
     return describe(msgspec.Raw, message)
+
+
+def field_first(reason: str, field: str | None) -> str:
+    """``reason`` starting with the field it is about (``occurredAt: is more than ...``): as
+    it is when it already does, or when it is about no one field (``field`` None)."""
+    if field is None or reason.startswith((f"{field}: ", f"{field} ")):
+        return reason
+    return f"{field}: {reason}"

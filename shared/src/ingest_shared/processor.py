@@ -15,6 +15,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ingest_shared import keys as k
 from ingest_shared.exceptions import InvalidEventError, TransientStoreError
+from ingest_shared.messages import field_first
 from ingest_shared.redis_client import call_packed, pack
 from ingest_shared.schema import Base, Sample, TimeWindow, now_ms, sample_from_entry
 from ingest_shared.streams import append_dead_letters, dead_letter_fields, is_transient
@@ -193,7 +194,7 @@ class BatchProcessor:
             try:
                 samples.append(sample_from_entry(entry_id, fields, window, now))
             except InvalidEventError as exc:
-                failures.append((entry_id, exc.reason, fields))
+                failures.append((entry_id, field_first(exc.reason, exc.field), fields))
                 reasons[INVALID] = reasons.get(INVALID, 0) + 1
             else:
                 stored_ids.append(entry_id)

@@ -499,21 +499,20 @@ def _slow_sample(
     entry_id: bytes, fields: dict[bytes, bytes], window: TimeWindow, now: int
 ) -> Sample:
     """sample_from_entry through msgspec: the reference for what is valid, and every error."""
-    try:
-        raw = {
-            "source": fields[keys.FIELD_SOURCE].decode(),
-            "metric": fields[keys.FIELD_METRIC].decode(),
-            "value": fields[keys.FIELD_VALUE].decode(),
-        }
-        occurred = fields.get(keys.FIELD_OCCURRED_AT)
-        if occurred:  # empty: an append function of an older release did not stamp it
-            raw["occurredAt"] = occurred.decode()
-    except KeyError as exc:
-        msg = f"missing field {exc.args[0].decode()!r}"
-        raise InvalidEventError(msg) from None
-    except UnicodeDecodeError:
-        msg = "a field is not valid UTF-8"
-        raise InvalidEventError(msg) from None
+    raw: dict[str, str] = {}
+    for field in (keys.FIELD_SOURCE, keys.FIELD_METRIC, keys.FIELD_VALUE, keys.FIELD_OCCURRED_AT):
+        name = field.decode()
+        found = fields.get(field)
+        if found is None:
+            if field == keys.FIELD_OCCURRED_AT:
+                continue
+            raise InvalidEventError(f"{name}: missing", name)
+        if not found and field == keys.FIELD_OCCURRED_AT:
+            continue  # empty: an append function of an older release did not stamp it
+        try:
+            raw[name] = found.decode()
+        except UnicodeDecodeError:
+            raise InvalidEventError(f"{name}: not valid UTF-8", name) from None
     try:
         # strict=False: stream values are strings ("12.5"); NaN and inf still fail the bounds.
         event = msgspec.convert(raw, TelemetryEvent, strict=False)
@@ -533,10 +532,12 @@ def _slow_sample(
 def _invalid(error: msgspec.ValidationError) -> InvalidEventError:
     """msgspec's verdict on a stream entry, in the words the producer's 422s use."""
     field, message = split_location(str(error))
-    annotation = _EVENT_FIELD_TYPES.get(field or "")
-    if field is None or annotation is None:
-        return InvalidEventError(message, field)
-    return InvalidEventError(f"{field}: {describe(annotation, message)}", field)
+    if field is None:
+        return InvalidEventError(message)
+    annotation = _EVENT_FIELD_TYPES.get(field)
+    words = message if annotation is None else describe(annotation, message)
+    # Every reason starts with the field it is about, as the dead letter's reader needs.
+    return InvalidEventError(f"{field}: {words}", field)
 
 
 _EVENT_FIELD_TYPES = {f.encode_name: f.type for f in msgspec.structs.fields(TelemetryEvent)}

@@ -115,6 +115,29 @@ async def append_dead_letters(
     await pipe.execute(raise_on_error=True)
 
 
+# Bytes of an oversized entry kept in place of its fields (see bounded_fields).
+OVERSIZED_PREFIX_BYTES = 1_024
+
+
+def bounded_fields(
+    fields: dict[bytes, bytes], max_bytes: int, prefix_bytes: int = OVERSIZED_PREFIX_BYTES
+) -> dict[bytes, bytes]:
+    """``fields``, or, when their names and values pass ``max_bytes`` in all (``0``: no
+    bound), what the worker's read functions hand back instead (lua/worker.lua ``bounded``):
+    the size, and the first ``prefix_bytes`` of the names and values joined by spaces."""
+    size = sum(map(len, fields)) + sum(map(len, fields.values()))
+    if not max_bytes or size <= max_bytes:
+        return fields
+    shown: list[bytes] = []
+    used = 0
+    for part in (part for pair in fields.items() for part in pair):
+        if used >= prefix_bytes:
+            break
+        shown.append(part[: prefix_bytes - used])
+        used += len(shown[-1])
+    return {k.FIELD_OVERSIZED: b"%d" % size, k.FIELD_PREFIX: b" ".join(shown)}
+
+
 _NO_SUCH_KEY = "no such key"
 
 

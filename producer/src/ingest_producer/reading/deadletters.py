@@ -30,6 +30,7 @@ from ingest_producer.reading import params
 from ingest_shared import keys as k
 from ingest_shared.exceptions import InvalidEventError
 from ingest_shared.functions import replay_dead_letters
+from ingest_shared.messages import field_first
 from ingest_shared.redis_client import call
 from ingest_shared.schema import format_ms, now_ms, sample_from_entry
 
@@ -40,8 +41,13 @@ if TYPE_CHECKING:
 # Entries as XRANGE returns them; with the index of the shard they were read from.
 Letter = tuple[bytes, dict[bytes, bytes]]
 ShardLetter = tuple[int, Letter]
-# Dead letters moved per function call: bounds how long one call holds Redis.
+# Letters that pass validation, by shard index: (dead-letter id, the stream fields to replay).
+_Valid = dict[int, list[tuple[str, dict[str, str]]]]
+# Dead letters moved per function call: bounds how long one call holds Redis. Replay-all
+# also reads them this many at a time.
 REPLAY_CHUNK = 500
+# Replay-all skips at most this many dead letters it cannot replay: the answer lists each.
+MAX_SKIPPED = 10_000
 _PAYLOAD_FIELDS = (k.FIELD_SOURCE, k.FIELD_METRIC, k.FIELD_VALUE, k.FIELD_OCCURRED_AT)
 _JSON = msgspec.json.Decoder()
 
@@ -169,12 +175,20 @@ async def _letters_by_id(
     return found, missing
 
 
-async def _oldest(ctx: ReadContext, count: int) -> list[ShardLetter]:
-    """The oldest ``count`` dead letters of every shard (by id, then shard)."""
+async def _oldest(ctx: ReadContext, count: int, after: tuple[str, int] | None) -> list[ShardLetter]:
+    """The oldest ``count`` dead letters of every shard (by id, then shard) after ``after``
+    (exclusive; None: from the first)."""
     shards = ctx.keys.shards
     pipe = ctx.redis.pipeline(transaction=False)
     for shard in shards:
-        pipe.xrange(shard.dead_letter, "-", "+", count)
+        if after is None:
+            start = "-"
+        elif shard.index > after[1]:
+            start = after[0]  # the same id in a higher shard sorts newer: inclusive
+        else:
+            # Ids have at most 19 digits a part (params), so one always comes after it.
+            start = "(" + after[0]
+        pipe.xrange(shard.dead_letter, start, "+", count)
     replies: list[list[Letter]] = await pipe.execute()
     found = [
         (shard.index, letter)
@@ -186,36 +200,92 @@ async def _oldest(ctx: ReadContext, count: int) -> list[ShardLetter]:
     return found[:count]
 
 
-async def replay(ctx: ReadContext, request: ReplayRequest) -> ReplayResult:
-    """Replay the dead letters ``request`` names (or the oldest ``max``)."""
+async def replay(
+    ctx: ReadContext, request: ReplayRequest, after: str | None = None
+) -> ReplayResult:
+    """Replay the dead letters ``request`` names, or (``all``) up to ``max`` of the oldest ones
+    after ``after`` (a dead-letter id, exclusive; ignored with ``ids``): see
+    :func:`_replay_oldest`."""
     if request.ids is not None and request.all:
         raise params.invalid("all", "give either `ids` or `all`, not both")
     shards = ctx.keys.shards
+    start = None if after is None else params.dead_letter_id(after, len(shards), "after")
     if request.ids is not None:
         named = (params.dead_letter_id(i, len(shards), "ids") for i in request.ids)
         letters, missing = await _letters_by_id(ctx, list(dict.fromkeys(named)))
-    elif request.all:
-        letters, missing = await _oldest(ctx, int(request.max)), []
-    else:
-        raise params.invalid("ids", "give `ids` (dead-letter ids) or `all: true`")
+        now = now_ms()
+        valid: _Valid = {}
+        still_invalid: list[StillInvalid] = []
+        for letter in letters:
+            _sort_out(ctx, letter, now, valid, still_invalid)
+        replayed, gone = await _move(ctx, valid)
+        return ReplayResult(replayed, still_invalid, missing + gone)
+    if request.all:
+        return await _replay_oldest(ctx, int(request.max), start)
+    raise params.invalid("ids", "give `ids` (dead-letter ids) or `all: true`")
+
+
+async def _replay_oldest(
+    ctx: ReadContext, most: int, after: tuple[str, int] | None
+) -> ReplayResult:
+    """Replay up to ``most`` dead letters, oldest first, skipping the ones still invalid.
+
+    Reads REPLAY_CHUNK at a time, so invalid letters at the head never hide the valid ones
+    behind them; each one skipped is listed in ``still_invalid`` with its reason. Stops once
+    ``most`` are replayed, every dead letter was looked at, or MAX_SKIPPED were skipped (this
+    bounds one call's work and answer; the last ``still_invalid`` id, passed as ``after``, goes
+    on from there).
+    """
     now = now_ms()
-    valid: dict[int, list[tuple[str, dict[str, str]]]] = {}
-    still_invalid: list[StillInvalid] = []
-    for index, (entry_id, fields) in letters:
-        try:
-            fields_now = replayable(entry_id, fields, ctx.window, now)
-        except InvalidEventError as exc:
-            still_invalid.append(StillInvalid(_public_id(ctx, entry_id, index), exc.reason))
-        else:
-            valid.setdefault(index, []).append((entry_id.decode(), fields_now))
     replayed = 0
+    still_invalid: list[StillInvalid] = []
+    missing: list[str] = []
+    while replayed < most and len(still_invalid) < MAX_SKIPPED:
+        letters = await _oldest(ctx, REPLAY_CHUNK, after)
+        valid: _Valid = {}
+        wanted = most - replayed
+        for letter in letters:
+            if wanted == 0 or len(still_invalid) == MAX_SKIPPED:
+                break
+            after = (letter[1][0].decode(), letter[0])
+            wanted -= _sort_out(ctx, letter, now, valid, still_invalid)
+        moved, gone = await _move(ctx, valid)
+        replayed += moved
+        missing += gone
+        if len(letters) < REPLAY_CHUNK:
+            break
+    return ReplayResult(replayed, still_invalid, missing)
+
+
+def _sort_out(
+    ctx: ReadContext, letter: ShardLetter, now: int, valid: _Valid, invalid: list[StillInvalid]
+) -> int:
+    """Add ``letter`` to ``valid`` (its shard's list; returns 1) or to ``invalid`` with the
+    reason it fails now (returns 0)."""
+    index, (entry_id, fields) = letter
+    try:
+        fields_now = replayable(entry_id, fields, ctx.window, now)
+    except InvalidEventError as exc:
+        reason = field_first(exc.reason, exc.field)
+        invalid.append(StillInvalid(_public_id(ctx, entry_id, index), reason))
+        return 0
+    valid.setdefault(index, []).append((entry_id.decode(), fields_now))
+    return 1
+
+
+async def _move(ctx: ReadContext, valid: _Valid) -> tuple[int, list[str]]:
+    """Move ``valid`` letters back to their shard's stream: (how many moved, the public ids of
+    those no longer there)."""
+    shards = ctx.keys.shards
+    replayed = 0
+    missing: list[str] = []
     for index, shard_letters in valid.items():
         for first in range(0, len(shard_letters), REPLAY_CHUNK):
             chunk = shard_letters[first : first + REPLAY_CHUNK]
             outcome = await replay_dead_letters(ctx.redis, shards[index], chunk)
             replayed += len(outcome.moved)
             missing += [_public_id(ctx, gone, index) for gone in outcome.missing]
-    return ReplayResult(replayed, still_invalid, missing)
+    return replayed, missing
 
 
 async def delete(ctx: ReadContext, letter_id: str) -> Deleted:

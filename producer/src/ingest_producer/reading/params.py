@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
 import msgspec
 from litestar.exceptions import HTTPException
@@ -196,3 +197,21 @@ def fitting_bucket(start: int, end: int, max_points: int) -> int:
     """A bucket (ms) giving at most ``max_points`` buckets over [start, end]: ceil(span /
     max_points), as [start, end] holds at most ceil(span / bucket) multiples of a bucket."""
     return max(1, -(-(end - start + 1) // max_points))
+
+
+# Query parameters that may be given several times (each one more filter, ANDed). Any other
+# parameter given twice is refused, rather than silently answered for one of its values.
+REPEATABLE_PARAMETERS = frozenset({"label"})
+
+
+def repeated_parameter(query_string: bytes) -> FieldError | None:
+    """The error for the first parameter of ``query_string`` given more than once that takes
+    one value; None when there is none."""
+    seen: set[str] = set()
+    # As str: parse_qsl re-encodes the names of a bytes query as ASCII, which may fail.
+    text = query_string.decode("latin-1")
+    for name, _ in parse_qsl(text, keep_blank_values=True, errors="replace"):
+        if name in seen and name not in REPEATABLE_PARAMETERS:
+            return FieldError(name[:64], "given more than once; it takes one value")
+        seen.add(name)
+    return None
