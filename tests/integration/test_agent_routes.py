@@ -14,6 +14,7 @@ import gzip
 import json
 import math
 import struct
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,9 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from prometheus_client import REGISTRY
 from tests.ports import free_port
 
+from ingest_producer import agent_intake, agent_routes
 from ingest_producer.asgi import build_app
+from ingest_producer.protocols.lineprotocol import decode_line_protocol
 from ingest_producer.protocols.remote_write_pb2 import Label, Sample, TimeSeries, WriteRequest
 from ingest_shared.redis_client import call
 from ingest_shared.schema import format_ms, now_ms
@@ -829,3 +832,24 @@ async def test_without_api_keys_a_browser_request_may_not_write(
         agent = await open_client.post(path, content=body, headers=extra)
         assert agent.status_code in (200, 204), agent.text
         assert await redis.xlen(STREAM) == 1
+
+
+async def test_a_large_body_is_decoded_off_the_event_loop(
+    client: httpx.AsyncClient, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[bool] = []
+
+    def recording(*args: Any) -> Any:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return decode_line_protocol(*args)
+
+    monkeypatch.setattr(agent_routes, "decode_line_protocol", recording)
+    body = f"m,host=h value=1 {AT_NS}\n".encode()
+
+    small = await client.post(V2, content=body, headers=TOKEN)
+    monkeypatch.setattr(agent_intake, "OFFLOAD_BYTES", len(body) - 1)
+    large = await client.post(V2, content=body, headers=TOKEN)
+
+    assert (small.status_code, large.status_code) == (204, 204)
+    assert threads == [True, False]  # inline below the threshold, in a thread above it
+    assert await redis.xlen(STREAM) == 2

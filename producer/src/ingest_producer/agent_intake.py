@@ -11,6 +11,7 @@ request that can never fit raises a 413 (Telegraf splits the batch).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import TYPE_CHECKING, Final, NamedTuple
@@ -36,6 +37,7 @@ from ingest_shared.schema import (
 from ingest_shared.streams import append_dead_letters, dead_letter_fields
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from litestar import Request
@@ -58,6 +60,10 @@ MAX_LISTED: Final = 5
 _ITEM_MAX: Final = 200
 # One "agent_samples_refused" line per protocol and interval, however many requests refuse.
 REFUSED_LOG_INTERVAL_S: Final = 5.0
+# Bodies larger than this are decoded and checked in a worker thread: a 32 MiB body takes
+# seconds of CPU, and on the event loop it would stall every other request (and /health)
+# meanwhile. Smaller ones stay inline, where a thread hop would cost more than it saves.
+OFFLOAD_BYTES: Final = 1_048_576
 _NO_HEADERS: Final = IngestHeaders(ndjson=False, gzip=False, idempotency_key=None)
 _GZIP: Final = frozenset({"gzip", "x-gzip"})
 _IDENTITY: Final = frozenset({"", "identity"})
@@ -171,6 +177,18 @@ class Intake:
             detail = f"unsupported Content-Encoding {encoding[:40]!r}: send gzip or none"
             raise HTTPException(detail=detail, status_code=415)
         return body
+
+    async def decode(self, decoder: Callable[[], Decoded], size: int) -> tuple[Decoded, Checked]:
+        """``decoder()`` (a body of ``size`` bytes) and its samples checked: in a thread past
+        OFFLOAD_BYTES, so a large body does not hold the event loop."""
+        if size <= OFFLOAD_BYTES:
+            decoded = decoder()
+            return decoded, self.check(decoded)
+        return await asyncio.to_thread(self._decode_and_check, decoder)
+
+    def _decode_and_check(self, decoder: Callable[[], Decoded]) -> tuple[Decoded, Checked]:
+        decoded = decoder()
+        return decoded, self.check(decoded)
 
     def check(self, decoded: Decoded) -> Checked:
         """Every decoded sample checked by the event rules, in order."""

@@ -127,7 +127,9 @@ def influx_routes(settings: Settings, intake: Intake) -> list[HTTPRouteHandler]:
             detail = f"unknown precision {precision[:20]!r}: use one of {', '.join(precisions)}"
             raise ClientException(detail=detail, status_code=400)
         body = await intake.read_body(request)
-        checked = intake.check(decode_line_protocol(body, precision, mapping))
+        _, checked = await intake.decode(
+            lambda: decode_line_protocol(body, precision, mapping), len(body)
+        )
         await intake.append(request, checked.events)
         intake.count("influx", checked)
         if not checked.refused:
@@ -216,7 +218,9 @@ def remote_write_route(settings: Settings, intake: Intake) -> HTTPRouteHandler:
         intake.refuse_browser(request)
         intake.check_backlog()
         body = await request.body()
-        checked = intake.check(decode_remote_write(body, mapping, intake.max_bytes))
+        _, checked = await intake.decode(
+            lambda: decode_remote_write(body, mapping, intake.max_bytes), len(body)
+        )
         await intake.append(request, checked.events)
         intake.count("prometheus", checked)
         if checked.refused and not checked.events:
@@ -254,10 +258,8 @@ def otlp_route(settings: Settings, intake: Intake) -> HTTPRouteHandler:
         intake.refuse_browser(request)
         intake.check_backlog()
         body = await intake.read_body(request)
-        decoded = (
-            decode_otlp_json(body, mapping) if is_json else decode_otlp_protobuf(body, mapping)
-        )
-        checked = intake.check(decoded)
+        decode = decode_otlp_json if is_json else decode_otlp_protobuf
+        decoded, checked = await intake.decode(lambda: decode(body, mapping), len(body))
         await intake.append(request, checked.events)
         intake.count("otlp", checked)
         message = ""
