@@ -487,6 +487,7 @@ async def test_remote_write_enqueues_samples_and_skips_nan_inf_and_stale_markers
     up = {"__name__": "up", "instance": "node-1:9100", "job": "node"}
     temp = {"__name__": "temp_celsius", "instance": "probe-7", "room": "a(1),b"}
     skipped_before = counted("prometheus", "skipped")
+    accepted_before = REGISTRY.get_sample_value("ingest_producer_events_accepted_total") or 0.0
     body = remote_write(
         series(up, (1.0, AT_MS), (math.nan, AT_MS + 1), (0.0, AT_MS + 2)),
         series(temp, (21.5, AT_MS), (math.inf, AT_MS + 1), (STALE_NAN, AT_MS + 2)),
@@ -501,6 +502,8 @@ async def test_remote_write_enqueues_samples_and_skips_nan_inf_and_stale_markers
         entry("probe-7", "temp_celsius", 21.5, AT_MS, room="a(1),b"),
     ]
     assert counted("prometheus", "skipped") == skipped_before + 3
+    accepted = REGISTRY.get_sample_value("ingest_producer_events_accepted_total")
+    assert accepted == accepted_before + 3  # counted with the JSON routes' events
 
 
 async def test_remote_write_2_is_refused_with_415_in_plain_text(

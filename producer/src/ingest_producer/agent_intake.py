@@ -284,6 +284,8 @@ class Intake:
         samples = metrics.PROTOCOL_SAMPLES
         if checked.events:
             samples.labels(protocol, "enqueued").inc(len(checked.events))
+            # Every appended event, whichever route took it (dashboards and alerts read this).
+            metrics.EVENTS_ACCEPTED.inc(len(checked.events))
         if checked.skipped:
             samples.labels(protocol, "skipped").inc(checked.skipped)
         if not checked.refused:
