@@ -856,3 +856,17 @@ async def test_a_large_body_is_decoded_off_the_event_loop(
     assert (small.status_code, large.status_code) == (204, 204)
     assert threads == [True, False]  # inline below the threshold, in a thread above it
     assert await redis.xlen(STREAM) == 2
+
+
+@pytest.mark.parametrize("path", [V2, RW, OTLP])
+async def test_a_write_not_confirmed_durable_is_a_503_agents_retry(
+    app_with: Callable[..., Any], redis: Redis, path: str
+) -> None:
+    body, extra = _one_sample_body(path)
+    # No replica exists: the WAIT after the append never confirms it.
+    changes = {"durability": "replicas", "durability_replicas": 1, "durability_timeout_ms": 50}
+    async with app_with(**changes) as durable:
+        response = await durable.post(path, content=body, headers={**TOKEN, **extra})
+
+    assert_protocol_503(path, response, "may be enqueued")
+    assert await redis.xlen(STREAM) == 1  # at least once: appended, not confirmed
