@@ -58,10 +58,13 @@ async def test_an_entry_over_the_entry_limit_is_shown_bounded(client: Client, re
         await redis.xadd(STREAM, huge)  # type: ignore[arg-type]
     await redis.xadd(STREAM, entry("x" * (limit - 100)))  # type: ignore[arg-type]
 
+    sent_before = (await redis.info("stats"))["total_net_output_bytes"]
     response = await client.get(RECENT, params={"count": 21})
+    sent = (await redis.info("stats"))["total_net_output_bytes"] - sent_before
 
     assert response.status_code == 200
     assert len(response.content) < 21 * (limit + 2_048)
+    assert sent < 1_000_000  # bounded in Redis: the 80 MB never left it
     at_limit, *oversized = response.json()
     assert at_limit["reason"] == "value: must be a finite number, got a string"
     assert len(oversized) == 20

@@ -26,12 +26,13 @@ from ingest_producer.openapi import ParameterOperation
 from ingest_producer.reading import partials
 from ingest_producer.reading.replies import Sample
 from ingest_shared.exceptions import InvalidEventError
+from ingest_shared.functions import PRODUCER_LIBRARY, fcall
 from ingest_shared.keys import FIELD_OVERSIZED, FIELD_PREFIX, FIELD_VALUE, Keys
 from ingest_shared.messages import field_first
-from ingest_shared.redis_client import RedisClient, call
+from ingest_shared.redis_client import RedisClient
 from ingest_shared.schema import TimeWindow, now_ms, sample_from_entry
 from ingest_shared.settings import Settings
-from ingest_shared.streams import OVERSIZED_PREFIX_BYTES, bounded_fields
+from ingest_shared.streams import OVERSIZED_PREFIX_BYTES
 
 # Replies that mean "nothing there yet" rather than a failure.
 _NO_GROUP = "NOGROUP"
@@ -179,20 +180,25 @@ async def read_recent(
     redis: RedisClient, keys: Keys, count: int, checks: EntryChecks
 ) -> list[CheckedEntry]:
     """The newest ``count`` entries (of every shard, merged by id), whatever their writer put
-    in them, each as :func:`checked_entry` shows it."""
-    shards = keys.shards
-    if len(shards) == 1:
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = await call(
-            redis, "XREVRANGE", shards[0].stream, "+", "-", "COUNT", count
+    in them, each as :func:`checked_entry` shows it. Read through ``ingest_recent``, which
+    bounds every entry in Redis: 20 entries of 4 MB never leave it whole."""
+    bound = (checks.max_entry_bytes, OVERSIZED_PREFIX_BYTES)
+    replies = await asyncio.gather(
+        *(
+            fcall(redis, PRODUCER_LIBRARY, "FCALL", "ingest_recent", 1, shard.stream, count, *bound)
+            for shard in keys.shards
         )
-    else:
-        pipe = redis.pipeline(transaction=False)
-        for shard in shards:
-            pipe.execute_command("XREVRANGE", shard.stream, "+", "-", "COUNT", count)
-        newest = [entry for reply in await pipe.execute() for entry in reply]
-        entries = sorted(newest, key=lambda entry: _id_order(entry[0]), reverse=True)[:count]
+    )
+    entries = [(entry_id, _pairs(fields)) for reply in replies for entry_id, fields in reply]
+    if len(replies) > 1:
+        entries = sorted(entries, key=lambda entry: _id_order(entry[0]), reverse=True)[:count]
     now = now_ms()
     return [checked_entry(entry_id, fields, checks, now) for entry_id, fields in entries]
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """An entry's fields as the function returns them (name, value, ...), as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _id_order(entry_id: bytes) -> tuple[int, int]:
@@ -221,16 +227,16 @@ def _merged(consumers: list[ConsumerInfo]) -> list[ConsumerInfo]:
 def checked_entry(
     entry_id: bytes, fields: dict[bytes, bytes], checks: EntryChecks, now: int
 ) -> CheckedEntry:
-    """An entry checked as the worker checks it (``sample_from_entry``, after bounding its
-    size): fields as text (invalid UTF-8 replaced), ``value`` the number the worker would
-    store, or ``reason`` why it will not."""
-    shown = bounded_fields(fields, checks.max_entry_bytes)
+    """An entry (as ``ingest_recent`` bounded it) checked as the worker checks it
+    (``sample_from_entry``): fields as text (invalid UTF-8 replaced), ``value`` the number
+    the worker would store, or ``reason`` why it will not."""
     texts: dict[str, str | float] = {
-        name.decode(errors="replace"): text.decode(errors="replace") for name, text in shown.items()
+        name.decode(errors="replace"): text.decode(errors="replace")
+        for name, text in fields.items()
     }
     public_id = entry_id.decode()
-    if shown is not fields:
-        size = shown[FIELD_OVERSIZED].decode()
+    if FIELD_OVERSIZED in fields:  # bounded by ingest_recent
+        size = fields[FIELD_OVERSIZED].decode()
         reason = (
             f"entry of {size} bytes is larger than INGEST_MAX_ENTRY_BYTES "
             f"({checks.max_entry_bytes}): shown as its size and first {OVERSIZED_PREFIX_BYTES} "

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 import structlog
 
-from ingest_shared import keys as k
 from ingest_shared.exceptions import ReplyTooLargeError
 from ingest_shared.functions import WORKER_LIBRARY, fcall
 from ingest_shared.redis_client import call_at, has_reply_bound
+from ingest_shared.streams import OVERSIZED_PREFIX_BYTES, bounded_fields
 
 if TYPE_CHECKING:
     from ingest_shared.redis_client import RedisClient
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ingest_worker")
 
 # Bytes of an oversized entry kept for its dead letter.
-PREFIX_BYTES = 1_024
+PREFIX_BYTES = OVERSIZED_PREFIX_BYTES
 # Per entry of a reply, beyond its fields: id and RESP framing (generous).
 ENTRY_OVERHEAD_BYTES = 256
 
@@ -187,8 +187,5 @@ def _bounded(entry: Entry, max_bytes: int) -> Entry:
     entry_id, fields = entry
     if not fields:
         return entry
-    size = sum(map(len, fields)) + sum(map(len, fields.values()))  # C loops: per entry read
-    if size <= max_bytes:
-        return entry
-    flat = b" ".join(part for pair in fields.items() for part in pair)
-    return entry_id, {k.FIELD_OVERSIZED: b"%d" % size, k.FIELD_PREFIX: flat[:PREFIX_BYTES]}
+    shown = bounded_fields(fields, max_bytes, PREFIX_BYTES)
+    return entry if shown is fields else (entry_id, shown)

@@ -240,6 +240,34 @@ local function ingest_release_consumer(keys, args)
   return 0
 end
 
+-- ingest_recent: the newest entries of a stream for the dashboard, each larger than the
+-- entry limit shown as its size and a prefix of its fields, so a poll never pulls megabytes
+-- out of Redis. The same bound as worker.lua's (each service loads only its own library).
+-- KEYS: stream   ARGV: count, max entry bytes (0: any), prefix bytes
+-- Returns XREVRANGE's reply, oversized entries as {'__oversized__', size, '__prefix__', text}
+local function ingest_recent(keys, args)
+  local entries = redis.call('XREVRANGE', keys[1], '+', '-', 'COUNT', args[1])
+  local max_bytes, prefix_bytes = tonumber(args[2]), tonumber(args[3])
+  if max_bytes == 0 then return entries end
+  for i = 1, #entries do
+    local fields = entries[i][2]
+    local size = 0
+    for j = 1, #fields do size = size + #fields[j] end
+    if size > max_bytes then
+      local shown, used = {}, 0
+      for j = 1, #fields do
+        if used >= prefix_bytes then break end
+        local part = string.sub(fields[j], 1, prefix_bytes - used)
+        shown[#shown + 1] = part
+        used = used + #part
+      end
+      entries[i][2] = {'__oversized__', tostring(size), '__prefix__', table.concat(shown, ' ')}
+    end
+  end
+  return entries
+end
+
 redis.register_function('ingest_append', ingest_append)
+redis.register_function('ingest_recent', ingest_recent)
 redis.register_function('ingest_replay', ingest_replay)
 redis.register_function('ingest_release_consumer', ingest_release_consumer)
