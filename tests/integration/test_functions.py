@@ -95,7 +95,12 @@ async def test_each_library_holds_only_its_own_functions(redis: Redis) -> None:
         for lib in await call(redis, "FUNCTION", "LIST")
     }
     assert listed == {
-        b"ingest_producer": {b"ingest_append", b"ingest_replay", b"ingest_release_consumer"},
+        b"ingest_producer": {
+            b"ingest_append",
+            b"ingest_replay",
+            b"ingest_release_consumer",
+            b"ingest_recent",
+        },
         b"ingest_worker": {
             b"ingest_trim",
             b"ingest_read",
