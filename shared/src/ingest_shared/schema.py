@@ -265,20 +265,24 @@ def _check_protocol_labels(labels: dict[str, str]) -> dict[str, str] | None:
 
 
 # Metric and source names accept_reading found valid (bounded: cleared when full).
-_reading_names: set[str] = set()
+_reading_metrics: set[str] = set()
 _reading_sources: set[str] = set()
 
 
-def _remember_name(name: str) -> None:
-    if len(_reading_names) >= _CACHE_LIMIT:
-        _reading_names.clear()
-    _reading_names.add(name)
-
-
-def _remember_source(source: str) -> None:
-    if len(_reading_sources) >= _CACHE_LIMIT:
-        _reading_sources.clear()
-    _reading_sources.add(source)
+def _check_reading_name(
+    name: str, field: str, pattern: re.Pattern[str], seen: set[str], symbols: str
+) -> None:
+    """Raise InvalidEventError unless ``name`` is a valid ``field`` (metric or source) name;
+    remember it in ``seen`` when it is."""
+    if pattern.search(name) is None or len(name) > NAME_MAX:
+        msg = (
+            f"{field} {name[:NAME_MAX]!r}: must be 1\u2013{NAME_MAX} characters: letters, "
+            f"digits, {symbols}"
+        )
+        raise InvalidEventError(msg, field)
+    if len(seen) >= _CACHE_LIMIT:
+        seen.clear()
+    seen.add(name)
 
 
 def accept_reading(
@@ -294,22 +298,11 @@ def accept_reading(
     """A reading that did not come as a JSON event (a protocol's sample), checked by the same
     rules: names, a finite value, the time window (None: stamped at append). ``labels`` must
     already be :func:`valid_labels`' result. Raises InvalidEventError naming the field."""
-    if metric not in _reading_names:
-        if _METRIC_RE.search(metric) is None or len(metric) > NAME_MAX:
-            msg = (
-                f"metric {metric[:NAME_MAX]!r}: must be 1\u2013{NAME_MAX} characters: letters, "
-                "digits, `_ . : -`"
-            )
-            raise InvalidEventError(msg, "metric")
-        _remember_name(metric)
+    # Sets first: a name checked once is not searched again (agents repeat them).
+    if metric not in _reading_metrics:
+        _check_reading_name(metric, "metric", _METRIC_RE, _reading_metrics, "`_ . : -`")
     if source not in _reading_sources:
-        if _SOURCE_RE.search(source) is None or len(source) > NAME_MAX:
-            msg = (
-                f"source {source[:NAME_MAX]!r}: must be 1\u2013{NAME_MAX} characters: letters, "
-                "digits, `_ . : @ / -`"
-            )
-            raise InvalidEventError(msg, "source")
-        _remember_source(source)
+        _check_reading_name(source, "source", _SOURCE_RE, _reading_sources, "`_ . : @ / -`")
     if not math.isfinite(value) or abs(value) > _MAX_FLOAT:
         msg = "value: must be a finite number"
         raise InvalidEventError(msg, "value")
