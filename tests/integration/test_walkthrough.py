@@ -1,4 +1,5 @@
-"""The README's walk-through, command by command, against a live stack: it cannot rot.
+"""The README's walk-through and docs/agents.md, command by command, against a live stack:
+they cannot rot.
 
 Every ``$ `` command of every ``console`` block in the *Walk-through* section is run with bash
 (one shell, in order, so a variable set by one command is seen by the next) against a real
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+AGENTS_PAGE = README.parent / "docs" / "agents.md"
 SECTION = "Walk-through"
 BIN = Path(sys.executable).parent
 SKIPPED = ("make run",)  # the test starts the stack itself
@@ -57,8 +59,11 @@ class Step:
     output: str
 
 
-def section(text: str, title: str) -> tuple[int, str]:
-    """The ``## title`` section of a Markdown text, and the line number it starts at."""
+def section(text: str, title: str | None) -> tuple[int, str]:
+    """The ``## title`` section of a Markdown text (None: all of it), and the line number it
+    starts at."""
+    if title is None:
+        return 0, text
     match = re.search(rf"^## {re.escape(title)}\n(?P<body>.*?)(?=^## |\Z)", text, re.M | re.S)
     assert match is not None, f"README has no '## {title}' section"
     return text.count("\n", 0, match.start()) + 1, match["body"]
@@ -76,7 +81,7 @@ def _incomplete(command: str) -> bool:
     )
 
 
-def steps(text: str, title: str = SECTION) -> list[Step]:
+def steps(text: str, title: str | None = SECTION) -> list[Step]:
     """Every ``$`` command in the ``console`` blocks of section ``title``, in order.
 
     A command goes on over the lines that follow while bash would wait for more (a trailing
@@ -260,9 +265,28 @@ def run_commands(commands: list[str], workdir: Path) -> list[str]:
 async def test_every_walkthrough_command_answers_as_documented(
     redis: Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    if shutil.which("curl") is None:
-        pytest.fail("the walk-through uses curl: install it (apt-get install curl; .ci/run does)")
     walk = [s for s in steps(README.read_text(encoding="utf-8")) if s.command not in SKIPPED]
+    problems = await documented_problems("README.md", walk, redis_url, tmp_path)
+    assert problems == [], "\n".join(problems)
+
+
+async def test_every_agents_page_command_answers_as_documented(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    walk = steps(AGENTS_PAGE.read_text(encoding="utf-8"), None)
+    assert len(walk) >= 8
+    assert [s.line for s in walk if FIXED_DATE.search(s.command)] == []
+    problems = await documented_problems("docs/agents.md", walk, redis_url, tmp_path)
+    assert problems == [], "\n".join(problems)
+
+
+async def documented_problems(
+    name: str, walk: list[Step], redis_url: str, tmp_path: Path
+) -> list[str]:
+    """Run ``walk`` (the ``$`` commands of the page ``name``) against a live stack: where an
+    answer does not have the documented shape."""
+    if shutil.which("curl") is None:
+        pytest.fail("the docs use curl: install it (apt-get install curl; .ci/run does)")
     port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "REDIS_"))}
     env = base | {
@@ -283,10 +307,9 @@ async def test_every_walkthrough_command_answers_as_documented(
         commands = [DOCUMENTED_PORT.sub(f"127.0.0.1:{port}", s.command) for s in walk]
         outputs = await asyncio.to_thread(run_commands, commands, tmp_path)
 
-    problems = [
-        f"README.md:{step.line}: {step.command.splitlines()[0]}\n    got: {out}\n    "
+    return [
+        f"{name}:{step.line}: {step.command.splitlines()[0]}\n    got: {out}\n    "
         + "\n    ".join(diff)
         for step, out in zip(walk, outputs, strict=True)
         if (diff := differences(parsed(step.output), parsed(out)))
     ]
-    assert problems == [], "\n".join(problems)
