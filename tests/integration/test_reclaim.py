@@ -105,3 +105,20 @@ async def test_entry_delivered_more_than_max_deliveries_is_forced_to_the_dead_le
     assert [entry_id for entry_id, _ in claimed.entries] == [poison, healthy]
     assert claimed.forced == {poison: MAX_DELIVERIES_REASON}
     assert [row["times_delivered"] for row in await pending_rows(redis)] == [4, 2]
+
+
+@pytest.mark.usefixtures("group")
+async def test_the_first_pass_after_a_takeover_uses_the_takeover_idle_time_then_the_usual(
+    redis: Redis,
+) -> None:
+    slow = Settings(consumer_name="alive", claim_idle_ms=60_000, batch_size=10, stream_shards=1)
+    reclaimer = Reclaimer(redis, slow, StreamReader(redis, slow), takeover_idle_ms=50)
+    first = await leave_pending(redis, 2)
+    await idle()
+    claimed = await reclaimer.claim()
+    assert [entry_id for entry_id, _ in claimed.entries] == first
+    assert not claimed.more  # the pass wrapped: from now on, claim_idle_ms
+    later = await leave_pending(redis, 1, consumer="dead-too")
+    await idle()
+    assert (await reclaimer.claim()).entries == []
+    assert set(await owners(redis)) == {*first, *later}

@@ -18,7 +18,7 @@ from ingest_shared.redis_client import call, create_redis
 from ingest_shared.schema import format_ms, now_ms
 from ingest_shared.settings import Settings
 from ingest_worker.daemon import Worker
-from ingest_worker.ownership import ShardOwnership, owner_of
+from ingest_worker.ownership import ShardOwnership, lease_ms, owner_of, takeover_idle_ms
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -164,6 +164,41 @@ async def test_a_dead_workers_shards_and_pending_entries_are_taken_over(
         await eventually(lambda: _stored_is(redis, keys, range(20), total))
         for shard in keys.shards:
             assert (await redis.xpending(shard.stream, GROUP))["pending"] == 0
+
+
+async def test_the_new_owner_claims_a_dead_owners_entries_without_waiting_the_claim_time(
+    redis: Redis, redis_url: str
+) -> None:
+    # With INGEST_CLAIM_IDLE_MS at 12 s the lease is 6 s: a dead owner's entries are at least
+    # 5 s idle when its lease runs out, and the new owner claims them then, not 12 s after.
+    settings = settings_for(redis_url, "worker-a", stream_shards=1, claim_idle_ms=12_000)
+    keys = settings.keys
+    [shard] = keys.shards
+    await redis.zadd(keys.workers, {"worker-dead": now_ms() - 60_000})
+    await redis.xgroup_create(shard.stream, GROUP, "0", mkstream=True)
+    total = await enqueue(redis, keys, range(20), now_ms() - 60_000)
+    await redis.xreadgroup(GROUP, "worker-dead", {shard.stream: ">"}, count=100)
+    await redis.set(shard.lease(), "worker-dead", px=lease_ms(settings))
+
+    client = create_redis(settings.redis_url, socket_timeout=2.0)
+    take = takeover_idle_ms(settings)
+
+    def shard_worker(shard: Shard) -> Worker:
+        processor = create_processor(client, settings, shard)
+        return Worker(client, processor, settings, shard=shard, takeover_idle_ms=take)
+
+    ownership = ShardOwnership(client, settings, shard_worker)
+    task = asyncio.create_task(ownership.run())
+    try:
+        await eventually(lambda: ownership.owned == [0], within_s=10)
+        taken_at = time.monotonic()
+        await eventually(lambda: _stored_is(redis, keys, range(20), total), within_s=10)
+        assert time.monotonic() - taken_at < settings.claim_idle_ms / 3000
+        assert (await redis.xpending(shard.stream, GROUP))["pending"] == 0
+    finally:
+        ownership.stop()
+        await asyncio.wait_for(task, 15)
+        await client.aclose()
 
 
 async def test_consumers_that_died_with_nothing_pending_are_removed(redis: Redis) -> None:

@@ -22,7 +22,7 @@ from ingest_shared.redis_client import create_redis
 from ingest_shared.settings import load_settings
 from ingest_worker.daemon import Worker
 from ingest_worker.monitor import DEFAULT_MAX_SILENCE_S, Heartbeat, start_monitor
-from ingest_worker.ownership import ShardOwnership
+from ingest_worker.ownership import ShardOwnership, takeover_idle_ms
 from ingest_worker.reader import reply_budget
 
 if TYPE_CHECKING:
@@ -111,7 +111,9 @@ def runner_for(redis: RedisClient, settings: Settings, heartbeat: Heartbeat) -> 
     their batches in every series they share."""
 
     def shard_worker(shard: Shard) -> Worker:
-        return Worker(redis, create_processor(redis, settings, shard), settings, heartbeat, shard)
+        processor = create_processor(redis, settings, shard)
+        takeover = takeover_idle_ms(settings)
+        return Worker(redis, processor, settings, heartbeat, shard, takeover_idle_ms=takeover)
 
     return ShardOwnership(redis, settings, shard_worker, on_tick=heartbeat.beat)
 

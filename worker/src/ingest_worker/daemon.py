@@ -98,8 +98,11 @@ class Worker:
         settings: Settings,
         heartbeat: Heartbeat | None = None,
         shard: Shard | None = None,
+        *,
+        takeover_idle_ms: int | None = None,
     ) -> None:
-        """One consumer of ``shard``'s stream (default: the first, the only one unsharded)."""
+        """One consumer of ``shard``'s stream (default: the first, the only one unsharded);
+        ``takeover_idle_ms``: see :class:`~ingest_worker.reclaim.Reclaimer`."""
         self._redis = redis
         self._processor = processor
         self._settings = settings
@@ -108,7 +111,7 @@ class Worker:
         self._group = settings.consumer_group
         self._consumer = settings.consumer_name
         self._reader = StreamReader(redis, settings, self._shard.stream)
-        self._reclaimer = Reclaimer(redis, settings, self._reader)
+        self._reclaimer = Reclaimer(redis, settings, self._reader, takeover_idle_ms)
         self._backoff = Backoff()
         self._stats = Throughput()
         self._next_claim_at = 0.0  # claim at once: a dead consumer's entries may be waiting

@@ -11,10 +11,10 @@ Every worker heartbeats in one sorted set; the live ones are those seen within a
 id and shard) that holds fewer than its fair share, so the shards spread evenly, every worker
 computes the same deal from the same set, and a worker joining or leaving moves few shards.
 Ownership is held with a lease per shard (a key in the shard's slot, with a TTL of half the
-claim time and at least 3 s, renewed every tick): a shard is never run by two workers. A
-worker giving a shard up finishes its batch in hand and releases the lease, so the next owner
-starts within a tick; a dead worker's shards get a new owner when their leases expire, and
-that owner's loop reclaims the dead consumer's entries.
+claim time, 3 to 6 s, renewed every tick): a shard is never run by two workers. A worker
+giving a shard up finishes its batch in hand and releases the lease, so the next owner starts
+within a tick; a dead worker's shards get a new owner when their leases expire, and that
+owner's loop claims the dead consumer's entries at once (see ``reclaim``).
 
 Each owned shard runs its own :class:`~ingest_worker.daemon.Worker` loop on its own keys.
 """
@@ -48,18 +48,28 @@ TICK_S = 1.0
 # trips): with one tick of slack, a busy worker was seen dropping out of the live set for a
 # tick and its shards dealt away and back.
 MIN_LIVE_MS = MIN_LEASE_MS = 3_000
+# And at most this: a dead worker's shards wait that long for a new owner, while their events
+# pile up (with half of the default claim time, 30 s, a soak at 40,000 events/s saw 600,000
+# events waiting after one SIGKILL).
+MAX_LIVE_MS = MAX_LEASE_MS = 6_000
 _TICK_COMMANDS = "ZADD, ZRANGE, FCALL ingest_lease"
 log = structlog.get_logger("ingest_worker")
 
 
 def live_ms(settings: Settings) -> int:
     """How long a worker counts as live after its last heartbeat."""
-    return max(MIN_LIVE_MS, settings.claim_idle_ms // 3)
+    return max(MIN_LIVE_MS, min(MAX_LIVE_MS, settings.claim_idle_ms // 3))
 
 
 def lease_ms(settings: Settings) -> int:
     """How long a shard's lease lasts unless renewed (a dead worker's shards wait this long)."""
-    return max(MIN_LEASE_MS, settings.claim_idle_ms // 2)
+    return max(MIN_LEASE_MS, min(MAX_LEASE_MS, settings.claim_idle_ms // 2))
+
+
+def takeover_idle_ms(settings: Settings) -> int:
+    """How long a previous owner's pending entries have been idle at least when a new owner
+    takes its shard over after its lease ran out (renewed a tick before it died, at worst)."""
+    return lease_ms(settings) - int(TICK_S * 1000)
 
 
 def _score(worker: str, shard: Shard) -> int:

@@ -35,22 +35,40 @@ class Claimed(NamedTuple):
 
 
 class Reclaimer:
-    """XAUTOCLAIMs idle entries to this consumer, keeping the scan cursor between runs."""
+    """XAUTOCLAIMs idle entries to this consumer, keeping the scan cursor between runs.
 
-    def __init__(self, redis: RedisClient, settings: Settings, reader: StreamReader) -> None:
+    ``takeover_idle_ms`` (the shard's lease, less a tick) is the idle time of the first pass
+    over the pending list, from the shard's takeover until the scan wraps: the lease says the
+    previous owner is gone (or paused: it cannot keep the lease either, and storing an entry
+    twice stores it once), so its entries need not wait ``claim_idle_ms`` (60 s) more while
+    events pile up behind them; this loop's own entries are younger than that.
+    """
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        settings: Settings,
+        reader: StreamReader,
+        takeover_idle_ms: int | None = None,
+    ) -> None:
         self._redis = redis
         self._settings = settings
         self._reader = reader
         self._cursor = _CURSOR_START
+        idle = settings.claim_idle_ms
+        self._idle_ms = idle if takeover_idle_ms is None else min(idle, takeover_idle_ms)
 
     def restart(self) -> None:
         """Scan the pending list from the start again (the group was recreated)."""
         self._cursor = _CURSOR_START
 
     async def claim(self) -> Claimed:
-        """Claim up to one batch of entries idle longer than ``claim_idle_ms``."""
-        cursor, live, deleted = await self._reader.claim(self._settings.claim_idle_ms, self._cursor)
+        """Claim up to one batch of entries idle longer than ``claim_idle_ms`` (than
+        ``takeover_idle_ms`` on the first pass)."""
+        cursor, live, deleted = await self._reader.claim(self._idle_ms, self._cursor)
         self._cursor = cursor
+        if cursor == _CURSOR_START:  # the first pass is over
+            self._idle_ms = self._settings.claim_idle_ms
         forced = await over_delivered(self._redis, self._settings, live, self._reader.stream)
         # Deleted entries were already dropped from the pending list; acking them is harmless
         # and makes the processor's one XACK cover everything this claim reported.
