@@ -244,7 +244,15 @@ def _extra_library_dir() -> Path | None:
     with _file_lock(cache / ".lock"):
         lib_dir = _libssl_dir(cache)
         if lib_dir is None:
-            logger.info("fetching Debian libssl1.1 into %s for the Redis Stack binaries", cache)
+            # One line wherever this runs (`make run`, the tests): it downloads, and the
+            # package is Debian 11's, past its end of life.
+            print(
+                f"embedded Redis: fetching Debian 11's libssl1.1 (end of life) into {cache} once: "
+                "this Redis Stack build needs OpenSSL 1.1, which this system lacks; nothing is "
+                "installed system-wide (set REDIS_URL to use another Redis instead)",
+                file=sys.stderr,
+                flush=True,
+            )
             _fetch_libssl(cache)
             lib_dir = _libssl_dir(cache)
         if lib_dir is None:
