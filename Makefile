@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 LOCK_INPUTS := uv.lock pyproject.toml shared/pyproject.toml producer/pyproject.toml \
 	worker/pyproject.toml devtools/pyproject.toml
 
-.PHONY: bench-cluster help install install-run run redis cluster test test-unit chaos lint format bench bench-quick up down clean
+.PHONY: bench-cluster help install install-run run redis redis-cli reset cluster test test-unit chaos lint format bench bench-quick soak up down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,13 @@ cluster: $(UV) ## a local Redis Cluster (3 primaries + 1 replica each) on free p
 	$(UV) run --frozen --no-sync python -m ingest_devtools.localcluster --dir .run/cluster \
 	  --masters $${CLUSTER_MASTERS:-3} --replicas $${CLUSTER_REPLICAS:-1}
 
+# ARGS go to redis-cli: make redis-cli ARGS='XLEN telemetry:events:{s0.0}'
+redis-cli: install-run ## the embedded Redis' own redis-cli, connected where `make run` puts Redis (REDIS_URL, else :6379)
+	$(UV) run --frozen --no-sync python -m ingest_devtools.rediscli $(ARGS)
+
+reset: ## delete the local data (.run/: Redis' AOF and RDB, the cluster's files); stop `make run` first
+	rm -rf .run
+
 test: install ## the whole suite against a real Redis (INGEST_TEST_REDIS_URL, Docker, or embedded)
 	$(UV) run --frozen --no-sync pytest $(PYTEST_ARGS)
 
@@ -78,6 +85,10 @@ bench-cluster: install ## drain and ingest on a local Redis Cluster by shards an
 
 bench-quick: install ## a ~40 s run of the benchmark suite, one repetition, nothing written
 	$(UV) run --frozen --no-sync python -m bench.run --quick --no-write
+
+# SOAK_ARGS: e.g. --duration 600 --kill-every 120 (see python -m bench.soak --help).
+soak: install ## 1 h at half the capacity, a worker SIGKILLed every 10 min, checked for growth: bench/results/<date>-soak.*
+	$(UV) run --frozen --no-sync python -m bench.soak $(SOAK_ARGS)
 
 up: ## with Docker: Redis 8 + producer + worker (scale with: docker compose up --scale worker=3)
 	docker compose up --build

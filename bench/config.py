@@ -15,7 +15,7 @@ REPO_ROOT = BENCH_DIR.parent
 WRK_DIR = BENCH_DIR / "wrk"
 RESULTS_DIR = BENCH_DIR / "results"
 
-ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
 
 # Key names the bench passes to the producer and worker; they match the product defaults.
 STREAM_KEY = "telemetry:events"
@@ -85,6 +85,10 @@ class BenchConfig:
     workers_counts: tuple[int, ...] = (1, 2, 4)
     workers_load_s: float = 15.0
     workers_one_stream: bool = True
+    # Scenario 12: hours x devices of samples loaded, and read connections looping.
+    mixed_devices: int = 1_000
+    mixed_hours: float = 24.0
+    mixed_readers: int = 8
     scenarios: tuple[int, ...] = ALL_SCENARIOS
     install_wrk: bool = True
     profile: bool = False
@@ -109,6 +113,7 @@ class BenchConfig:
             capacity_profile_s=0.0,
             scaling_processes=(1, 2),
             workers_load_s=2.0,
+            mixed_devices=100,
             quick=True,
         )
 

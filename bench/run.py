@@ -36,6 +36,7 @@ from bench.scenarios import (
     drain,
     e2e,
     memory,
+    mixed,
     protocols,
     scaling,
     single_event,
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 
     from ingest_devtools.localredis import LocalRedis
 
-WRK_SCENARIOS = {1, 2, 3, 5, 6, 8, 9, 10, 11}
+WRK_SCENARIOS = {1, 2, 3, 5, 6, 8, 9, 10, 11, 12}
 
 
 def _phases(config: BenchConfig) -> list[tuple[str, Callable[[Bench], None]]]:
@@ -73,6 +74,9 @@ def _phases(config: BenchConfig) -> list[tuple[str, Callable[[Bench], None]]]:
         phases.append(("5 end to end", e2e.run))
     if 8 in wanted:
         phases.append(("8 sustained capacity ramps", capacity.run))
+    # Stops every process and flushes the product database, then loads its own data.
+    if 12 in wanted:
+        phases.append(("12 mixed load: ingest beside readers", mixed.run))
     # Last: it flushes the product database and stops the one-stream processes.
     if 10 in wanted:
         phases.append(("10 workers that scale: default settings, 1/2/4 workers", workers.run))

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         Locator,
         Page,
         Request,
+        Route,
     )
     from redis.asyncio import Redis
     from tests.browser.conftest import Producer, ProducerFactory
@@ -53,6 +54,10 @@ WRITE_KEY = "browser-write-key-0001"
 READ_KEY = "browser-read-key-00001"
 DESKTOP = ViewportSize(width=1280, height=800)
 PHONE = ViewportSize(width=390, height=844)
+# Every panel in view at once: the page then polls all of them.
+TALL = ViewportSize(width=1280, height=4000)
+# Only the queue and the top of the charts in view.
+SHORT = ViewportSize(width=1280, height=400)
 WAIT_MS = 10_000
 # One refresh: these calls and no others, whatever the number of metrics.
 REFRESH_CALLS = sorted(
@@ -281,7 +286,8 @@ async def test_dashboard_shows_the_pipeline_and_replays_a_dead_letter(
             await expect(row.get_by_test_id("dead-letter-reason")).to_have_text(entry["reason"])
         await page.screenshot(path=artifacts / "dashboard-desktop.png", full_page=True)
 
-        # A refresh is the same five calls, never one per metric.
+        # A refresh is the same five calls, never one per metric (every panel in view).
+        await page.set_viewport_size(TALL)
         count = await refreshes(page)
         await wait_refreshes(page, count + 1)
         watch.requests.clear()
@@ -322,6 +328,48 @@ async def test_dashboard_shows_the_pipeline_and_replays_a_dead_letter(
         await page.screenshot(path=artifacts / "dashboard-phone.png", full_page=True)
         watch.assert_clean(producer.base_url)
         await phone.close()
+
+
+async def test_only_panels_in_view_are_polled_and_a_refused_refresh_backs_off(
+    browser: Browser, start_producer: ProducerFactory, redis: Redis
+) -> None:
+    async with (
+        start_producer() as producer,
+        httpx.AsyncClient(base_url=producer.base_url, timeout=5) as http,
+    ):
+        await seed(http, redis)
+        context, page, watch = await open_page(browser, producer, SHORT)
+        # The first refresh draws every panel, in view or not.
+        await wait_refreshes(page, 1)
+        await expect(page.get_by_test_id("dead-letter")).to_have_count(2)
+        count = await refreshes(page)
+        await wait_refreshes(page, count + 1)
+        watch.requests.clear()
+        await wait_refreshes(page, count + 2)
+        polled = watch.api_calls()
+        assert "/api/ingest/summary" in polled
+        assert "/api/ingest/dead-letters" not in polled
+
+        # Scrolled into view: refreshed at once, not a refresh interval later.
+        async with page.expect_request("**/api/ingest/dead-letters*", timeout=1_500):
+            await page.get_by_test_id("dead-letter").first.scroll_into_view_if_needed()
+
+        # Refused for load with Retry-After: 5 s, then twice that; a clean answer resets it.
+        await page.set_viewport_size(TALL)
+        busy = {"status_code": 503, "detail": "busy", "errors": []}
+
+        async def refuse(route: Route) -> None:
+            await route.fulfill(status=503, headers={"Retry-After": "5"}, json=busy)
+
+        await page.route("**/api/ingest/summary", refuse)
+        await page.get_by_test_id("window-24h").check()
+        await expect(page.locator("body")).to_have_attribute("data-refresh-ms", "5000")
+        await page.get_by_test_id("window-15m").check()
+        await expect(page.locator("body")).to_have_attribute("data-refresh-ms", "10000")
+        await page.unroute("**/api/ingest/summary", refuse)
+        await page.get_by_test_id("window-1h").check()
+        await expect(page.locator("body")).to_have_attribute("data-refresh-ms", "2000")
+        await context.close()
 
 
 async def test_a_read_key_sees_everything_but_replay_and_a_write_key_can_replay(

@@ -96,6 +96,7 @@ async def test_each_library_holds_only_its_own_functions(redis: Redis) -> None:
     }
     assert listed == {
         b"ingest_producer": {
+            b"ingest_admit",
             b"ingest_append",
             b"ingest_replay",
             b"ingest_release_consumer",

@@ -24,7 +24,7 @@ from ingest_producer.app import create_app
 from ingest_producer.jsonbody import ingest_headers
 from ingest_producer.models import ProcessRequest
 from ingest_producer.openapi import NDJSON, ecma_pattern, publishable
-from ingest_producer.reading import params
+from ingest_producer.reading import catalog, params
 from ingest_shared.keys import AGGREGATIONS
 from ingest_shared.schema import EVENT_DECODER, LabelName, LabelValue, format_ms, now_ms
 from ingest_shared.settings import Settings
@@ -90,6 +90,9 @@ BAD_LABEL_NAMES = [
 ]
 GOOD_LABEL_VALUES = ["x", "a b", "netgo,builtinassets (x)", "é€", "100%", "v" * 256]
 BAD_LABEL_VALUES = ["", "a\nb", "tab\t", "\x7f", "v" * 257, "x\u0000"]
+# /sources cursors: the hex of a device name (at most 128 bytes).
+GOOD_CURSORS = ["00", "ab", "7365", "ff" * 128]
+BAD_CURSORS = ["", "a", "abc", "AB", "zz", "0g", "ff" * 129, "ab\n", " ab"]
 GOOD_ENCODINGS = ["gzip", "GZIP", "x-gzip", "X-Gzip", "identity", "Identity", ""]
 BAD_ENCODINGS = ["br", "deflate", "gzip, br", "gzipx", "xgzip", "identit"]
 
@@ -134,6 +137,7 @@ RULES: dict[str, tuple[Callable[[str], bool], list[str]]] = {
     "before": (_accepts(params.stream_id), GOOD_IDS + BAD_IDS),
     "after": (_accepts(params.stream_id), GOOD_IDS + BAD_IDS),
     "ids": (_accepts(params.stream_id), GOOD_IDS + BAD_IDS),
+    "cursor": (_accepts(catalog.after_cursor), GOOD_CURSORS + BAD_CURSORS),
     # The other branch of `from`/`to` is an RFC 3339 time, not asked about here.
     "from": (_accepts(lambda t: params.epoch_ms(t, "from")), GOOD_TIMES + BAD_TIMES),
     "to": (_accepts(lambda t: params.epoch_ms(t, "to")), GOOD_TIMES + BAD_TIMES),

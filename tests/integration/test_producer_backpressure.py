@@ -13,6 +13,7 @@ from litestar import Litestar
 from ingest_producer.appender import EventAppender
 from ingest_producer.asgi import build_app
 from ingest_producer.backlog import BacklogMonitor
+from ingest_producer.cardinality import SeriesRegistry
 from ingest_producer.errors import exception_handlers
 from ingest_producer.ingest import enqueue_route
 from ingest_shared.redis_client import call
@@ -58,7 +59,8 @@ async def test_a_refreshed_monitor_over_the_limit_refuses_writes_without_a_redis
     settings = dataclasses.replace(SETTINGS, redis_url=redis_url)
     backlog = BacklogMonitor(redis, STREAM, GROUP, MAX_BACKLOG)
     window = TimeWindow(settings.max_clock_skew_ms, settings.retention_ms)
-    route = enqueue_route(settings, window, EventAppender(redis, settings), backlog)
+    registry = SeriesRegistry(redis, settings)
+    route = enqueue_route(settings, window, EventAppender(redis, settings), backlog, registry)
     app = Litestar([route], exception_handlers=exception_handlers())
     await fill(redis, MAX_BACKLOG + 1)
     await backlog.refresh()

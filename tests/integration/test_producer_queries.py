@@ -181,6 +181,7 @@ async def test_summary_of_an_empty_redis_is_zeros_without_stream_or_group(
             "consumers": [],
         },
         "metrics": [],
+        "cardinality": {"series": 0, "maxSeries": 100_000, "metrics": 0, "maxMetrics": 5_000},
     }
 
 

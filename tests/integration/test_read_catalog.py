@@ -131,7 +131,7 @@ async def test_staleness_follows_the_setting(redis: Redis, redis_url: str) -> No
     async with app_client(Settings(stale_after_ms=3_600_000), redis_url) as client:
         await ingest(client, event("cpu", "a", 2.0, BASE_MS))
         body = await get_json(client, "/api/ingest/sources", stale="true")
-    assert body == {"staleAfterMs": 3_600_000, "now": body["now"], "sources": []}
+    assert body == {"staleAfterMs": 3_600_000, "now": body["now"], "sources": [], "next": None}
 
 
 @pytest.mark.parametrize("params", [{"metric": "a,kind=x"}, {"metric": ""}, {"stale": "maybe"}])

@@ -22,7 +22,7 @@ from litestar.exceptions import HTTPException
 from ingest_producer import metrics
 from ingest_producer.appender import NotDurable
 from ingest_producer.errors import RETRY_AFTER_SECONDS
-from ingest_producer.ingest import Guards
+from ingest_producer.ingest import Guards, registry_client
 from ingest_producer.jsonbody import IngestHeaders, gunzip
 from ingest_shared.exceptions import InvalidEventError
 from ingest_shared.functions import Appended, OverLimit, RateLimited
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from ingest_producer.appender import EventAppender
     from ingest_producer.backlog import BacklogMonitor
+    from ingest_producer.cardinality import SeriesRegistry
     from ingest_producer.protocols.result import Decoded, ProtocolSample
     from ingest_shared.redis_client import RedisClient
     from ingest_shared.schema import TimeWindow
@@ -80,15 +81,19 @@ class Refused(NamedTuple):
     reason: str
     points: int = 1
     sample: ProtocolSample | None = None
+    event: EventOut | None = None
 
     def payload(self) -> dict[bytes, bytes]:
-        """What its dead letter stores: a refused sample as the stream fields it would have
-        had (so it can be replayed once the rule it broke allows it), else the raw item."""
-        sample = self.sample
-        if sample is None:
-            return {b"line": self.item.encode()}
-        at = STAMP_AT_APPEND if sample.timestamp_ms is None else format_ms(sample.timestamp_ms)
-        event = EventOut(sample.source, sample.metric, sample.value, at, sample.labels or None)
+        """What its dead letter stores: a refused sample or event as the stream fields it
+        would have had (so it can be replayed once the rule it broke allows it), else the raw
+        item."""
+        event, sample = self.event, self.sample
+        if event is None:
+            if sample is None:
+                return {b"line": self.item.encode()}
+            ms = sample.timestamp_ms
+            at = STAMP_AT_APPEND if ms is None else format_ms(ms)
+            event = EventOut(sample.source, sample.metric, sample.value, at, sample.labels or None)
         return {name: value.encode() for name, value in event.stream_fields().items()}
 
 
@@ -107,8 +112,17 @@ class Checked(NamedTuple):
 
 def describe(sample: ProtocolSample) -> str:
     """A refused sample in a line of text (an error body, a log line)."""
-    labels = ",".join(f"{name}={value}" for name, value in sample.labels.items())
-    text = f"{sample.metric}{{source={sample.source}{',' if labels else ''}{labels}}}"
+    return _series_text(sample.metric, sample.source, sample.labels)
+
+
+def describe_event(event: EventOut) -> str:
+    """A refused event in a line of text, as :func:`describe` writes a sample."""
+    return _series_text(event.metric, event.source, event.labels or {})
+
+
+def _series_text(metric: str, source: str, labels: dict[str, str]) -> str:
+    text = ",".join((f"source={source}", *(f"{name}={value}" for name, value in labels.items())))
+    text = f"{metric}{{{text}}}"
     return text if len(text) <= _ITEM_MAX else text[: _ITEM_MAX - 3] + "..."
 
 
@@ -129,8 +143,11 @@ class Intake:
         appender: EventAppender,
         backlog: BacklogMonitor,
         redis: RedisClient,
+        *,
+        registry: SeriesRegistry,
     ) -> None:
         self.max_bytes = settings.protocol_max_bytes
+        self._registry = registry
         self._open = not settings.write_keys
         self._window = window
         self._appender = appender
@@ -230,12 +247,39 @@ class Intake:
                 events.append(event)
         return Checked(events, refused, sum(decoded.skipped.values()))
 
-    async def append(self, request: Request[Any, Any, Any], events: list[EventOut]) -> None:
-        """Append ``events`` (all or none) under the caller's rate limit, if one is set.
+    async def append(self, request: Request[Any, Any, Any], checked: Checked) -> Checked:
+        """Append the checked events (all or none) under the caller's rate limit, if one is
+        set, except those whose new series a cap refuses: those join the refusals returned.
 
         Returns once they are in the stream; raises a 503 (may pass later) or a 413 (never
         fits in a rate-limit window); Redis errors propagate (the route's handlers answer 503).
         """
+        if self._registry.enabled and checked.events:
+            checked = await self._admit(request, checked)
+        await self._append(request, checked.events)
+        return checked
+
+    async def _admit(self, request: Request[Any, Any, Any], checked: Checked) -> Checked:
+        """``checked`` with the events a cap refuses moved to its refusals (the series that
+        exist, or fit, still go: an agent's next write would carry the same ones)."""
+        registry = self._registry
+        client = registry_client(registry, request)
+        events = checked.events
+        unknown = registry.unknown(events, client)
+        if not unknown:
+            return checked
+        refusals = await registry.admit(events, unknown, client, whole=False)
+        if not refusals:
+            return checked
+        out = {refusal.at for refusal in refusals}
+        kept = [event for index, event in enumerate(events) if index not in out]
+        refused = [
+            Refused(describe_event(events[r.at]), r.message, 1, None, events[r.at])
+            for r in refusals
+        ]
+        return Checked(kept, checked.refused + refused, checked.skipped)
+
+    async def _append(self, request: Request[Any, Any, Any], events: list[EventOut]) -> None:
         if not events:
             return
         limit = shard = None

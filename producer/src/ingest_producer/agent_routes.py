@@ -68,6 +68,7 @@ from ingest_producer.agent_replies import (
 from ingest_producer.appender import EventAppender
 from ingest_producer.auth import ACCESS_OPT, CREDENTIALS_OPT, Access, Credentials
 from ingest_producer.backlog import BacklogMonitor
+from ingest_producer.cardinality import SeriesRegistry
 from ingest_producer.protocols.lineprotocol import LineProtocolMapping, decode_line_protocol
 from ingest_producer.protocols.otlp import OtlpMapping, decode_otlp_json, decode_otlp_protobuf
 from ingest_producer.protocols.remotewrite import RemoteWriteMapping, decode_remote_write
@@ -92,9 +93,11 @@ def agent_routes(
     appender: EventAppender,
     backlog: BacklogMonitor,
     redis: RedisClient,
+    *,
+    registry: SeriesRegistry,
 ) -> list[HTTPRouteHandler]:
     """Every agent protocol route, on the app's appender, backlog monitor and Redis."""
-    intake = Intake(settings, window, appender, backlog, redis)
+    intake = Intake(settings, window, appender, backlog, redis, registry=registry)
     return [
         *influx_routes(settings, intake),
         remote_write_route(settings, intake),
@@ -130,7 +133,7 @@ def influx_routes(settings: Settings, intake: Intake) -> list[HTTPRouteHandler]:
         _, checked = await intake.decode(
             lambda: decode_line_protocol(body, precision, mapping), len(body)
         )
-        await intake.append(request, checked.events)
+        checked = await intake.append(request, checked)
         intake.count("influx", checked)
         if not checked.refused:
             return _no_content()
@@ -221,7 +224,7 @@ def remote_write_route(settings: Settings, intake: Intake) -> HTTPRouteHandler:
         _, checked = await intake.decode(
             lambda: decode_remote_write(body, mapping, intake.max_bytes), len(body)
         )
-        await intake.append(request, checked.events)
+        checked = await intake.append(request, checked)
         intake.count("prometheus", checked)
         if checked.refused and not checked.events:
             message = (
@@ -260,7 +263,7 @@ def otlp_route(settings: Settings, intake: Intake) -> HTTPRouteHandler:
         body = await intake.read_body(request)
         decode = decode_otlp_json if is_json else decode_otlp_protobuf
         decoded, checked = await intake.decode(lambda: decode(body, mapping), len(body))
-        await intake.append(request, checked.events)
+        checked = await intake.append(request, checked)
         intake.count("otlp", checked)
         message = ""
         if checked.refused:

@@ -17,12 +17,14 @@ from ingest_producer.apidocs import api_docs_config
 from ingest_producer.appender import EventAppender
 from ingest_producer.auth import KeyRing, key_guard
 from ingest_producer.backlog import BacklogMonitor
+from ingest_producer.cardinality import SeriesRegistry
 from ingest_producer.dashboard import dashboard_routes
 from ingest_producer.errors import exception_handlers
 from ingest_producer.health import health_routes
 from ingest_producer.ingest import enqueue_route, process_route
 from ingest_producer.observe import RequestObserver, metrics_route
 from ingest_producer.read_routes import read_side_routes
+from ingest_producer.reading.isolation import ReadGuard
 from ingest_producer.summary import EntryChecks, query_routes
 from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.processor import create_processor
@@ -60,7 +62,10 @@ def create_app(
     window = TimeWindow(settings.max_clock_skew_ms, settings.retention_ms)
     processors = [create_processor(redis, settings, shard) for shard in keys.shards]
     appender = EventAppender(redis, settings)
+    registry = SeriesRegistry(redis, settings)
     ring = KeyRing(settings.write_keys, settings.read_keys)
+    # One per process: every read route shares its slots, its flights and its cache.
+    reads = ReadGuard.of(settings, redis)
     backlog = BacklogMonitor.over(
         redis, keys.shards, group, settings.max_backlog, gauges=settings.metrics_enabled
     )
@@ -70,6 +75,7 @@ def create_app(
             # First: with another shard layout in Redis, appending would strand events.
             await check_layout(redis, keys)
             await appender.load()
+            await registry.seed()
             await asyncio.gather(*(ensure_group(redis, s.stream, group) for s in keys.shards))
         except ConfigurationError as exc:
             logger.error("producer_misconfigured", error=str(exc))
@@ -119,11 +125,11 @@ def create_app(
 
     app = Litestar(
         route_handlers=[
-            enqueue_route(settings, window, appender, backlog),
-            *agent_routes(settings, window, appender, backlog, redis),
+            enqueue_route(settings, window, appender, backlog, registry),
+            *agent_routes(settings, window, appender, backlog, redis, registry=registry),
             process_route(redis, keys, group, processors, type_required=not settings.write_keys),
-            *query_routes(redis, keys, group, EntryChecks.of(settings)),
-            *read_side_routes(settings, redis, ring),
+            *query_routes(redis, keys, group, EntryChecks.of(settings), reads, caps=registry.caps),
+            *read_side_routes(settings, redis, ring, reads),
             *health_routes(redis, keys, backlog),
             *([metrics_route(multiprocess_dir)] if settings.metrics_enabled else []),
             *dashboard_routes(),

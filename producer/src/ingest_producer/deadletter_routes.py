@@ -24,6 +24,7 @@ from ingest_producer.models import (
 from ingest_producer.openapi import ParameterOperation, json_body_operation
 from ingest_producer.reading import deadletters, params
 from ingest_producer.reading.context import ReadContext
+from ingest_producer.reading.isolation import ReadGuard, read_responses
 
 _REPLAY_DOC = (
     '`{"ids": [dead-letter ids]}` (at most 10000) or `{"all": true, "max": n}` (up to n of '
@@ -38,10 +39,13 @@ _REPLAY_CONSTRAINTS = {
 }
 
 
-def dead_letter_routes(ctx: ReadContext, *, type_required: bool = False) -> list[HTTPRouteHandler]:
-    """The dead-letter routes, bound to their collaborators. With several stream shards their
-    ids are qualified by shard (``<id>@<shard>``), and the document says so. ``type_required``:
-    a replay without a Content-Type is refused (415)."""
+def dead_letter_routes(
+    ctx: ReadContext, guard: ReadGuard, *, type_required: bool = False
+) -> list[HTTPRouteHandler]:
+    """The dead-letter routes, bound to their collaborators (the list reads in one of
+    ``guard``'s slots). With several stream shards their ids are qualified by shard
+    (``<id>@<shard>``), and the document says so. ``type_required``: a replay without a
+    Content-Type is refused (415)."""
     shards = len(ctx.keys.shards)
     body = ReplayRequest if shards == 1 else ShardedReplayRequest
     replay_decoder = msgspec.json.Decoder(body)
@@ -52,7 +56,7 @@ def dead_letter_routes(ctx: ReadContext, *, type_required: bool = False) -> list
 
     @get(
         "/api/ingest/dead-letters",
-        responses=error_responses(401, 403, 422, 500, 503),
+        responses=read_responses(401, 403, 422, 500, 503),
         opt={ACCESS_OPT: Access.READ},
         operation_class=ParameterOperation,
         tags=["dead letters"],
@@ -69,7 +73,9 @@ def dead_letter_routes(ctx: ReadContext, *, type_required: bool = False) -> list
             Parameter(description="Only dead letters older than this id (exclusive)", **cursor_doc),
         ] = None,
     ) -> DeadLetterPage:
-        return await deadletters.list_dead_letters(ctx, count, before)
+        return await guard.limited(
+            "dead-letters", lambda: deadletters.list_dead_letters(ctx, count, before)
+        )
 
     @post(
         "/api/ingest/dead-letters/replay",

@@ -5,6 +5,8 @@
 422  schema or time-window violation          (ValidationException, InvalidEventError)
 503  Redis unreachable, hanging or busy        (transient RedisError/OSError,
      + ``Retry-After``                          TransientStoreError)
+503  too many heavy reads in this process      (ReadsBusyError)
+     + ``Retry-After``
 503  Redis refused the command (NOPERM), is out of memory, or answered MOVED: the detail says
      which, and one error line is logged per interval (never "Redis is unavailable")
 500  anything else; logged with its traceback
@@ -23,7 +25,12 @@ from redis.exceptions import MovedError, NoPermissionError, OutOfMemoryError, Re
 
 from ingest_producer import metrics
 from ingest_producer.models import ErrorBody, FieldError
-from ingest_shared.exceptions import InvalidEventError, OutcomeUnknownError, TransientStoreError
+from ingest_shared.exceptions import (
+    InvalidEventError,
+    OutcomeUnknownError,
+    ReadsBusyError,
+    TransientStoreError,
+)
 from ingest_shared.schema import JSON_ENCODER
 from ingest_shared.streams import is_transient
 
@@ -205,6 +212,9 @@ def exception_handlers() -> ExceptionHandlersMap:
             )
         return error_response(503, detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
+    def on_reads_busy(_: Request[Any, Any, Any], exc: ReadsBusyError) -> Response[bytes]:
+        return error_response(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
     def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
         if is_transient(exc) or isinstance(exc, NoPermissionError | MovedError):
             return on_unavailable(request, exc)
@@ -216,6 +226,7 @@ def exception_handlers() -> ExceptionHandlersMap:
     return {
         HTTPException: on_http_exception,
         InvalidEventError: on_invalid_event,
+        ReadsBusyError: on_reads_busy,
         TransientStoreError: on_unavailable,
         RedisError: on_unavailable,
         Exception: on_unexpected,

@@ -26,9 +26,10 @@ EVENTS_ACCEPTED = Counter(
 )
 EVENTS_REJECTED = Counter(
     "ingest_producer_events_rejected_total",
-    "Events of decoded requests that were refused, by reason: invalid (422), rate_limited "
-    "(429), conflict (409), unavailable (503: Redis failed), not_durable (503: the durability "
-    "wait failed; they may be in the stream)",
+    "Events of decoded requests that were refused, by reason: invalid (422), over_cap (422: "
+    "a new series beyond a cardinality cap), rate_limited (429), conflict (409), unavailable "
+    "(503: Redis failed), not_durable (503: the durability wait failed; they may be in the "
+    "stream)",
     ["reason"],
 )
 REDIS_ERRORS = Counter(
@@ -55,6 +56,25 @@ PROTOCOL_SAMPLES = Counter(
     "are dead-lettered); skipped (dropped by design: string fields, NaN, stale markers, ...)",
     ["protocol", "outcome"],
 )
+SERIES_REFUSED = Counter(
+    "ingest_producer_series_refused_total",
+    "Events refused because their series would be new beyond a cap, by cap: max_series, "
+    "max_metrics, max_series_per_key (INGEST_MAX_...)",
+    ["cap"],
+)
+READ_CACHE = Counter(
+    "ingest_producer_read_cache_total",
+    "Answers of the shared read routes (summary, charts, metrics, sources) by route and "
+    "outcome: hit (from the cache every process shares, INGEST_READ_CACHE_MS), joined (an "
+    "identical query already in flight in this process), miss (computed from the series)",
+    ["route", "outcome"],
+)
+READS_REJECTED = Counter(
+    "ingest_producer_reads_rejected_total",
+    "Read queries refused with 503 because INGEST_READ_CONCURRENCY were in flight in this "
+    "process, by route",
+    ["route"],
+)
 GROUP_RECREATED = Counter(
     "ingest_producer_group_recreated_total",
     "Times the backlog monitor found the consumer group missing and recreated it",
@@ -65,6 +85,12 @@ def _queue_gauge(name: str, documentation: str) -> Gauge:
     return Gauge(name, documentation, multiprocess_mode="mostrecent")
 
 
+REGISTRY_SERIES = _queue_gauge(
+    "ingest_registry_series", "Distinct device series admitted (INGEST_MAX_SERIES caps it)"
+)
+REGISTRY_METRICS = _queue_gauge(
+    "ingest_registry_metrics", "Distinct metric names admitted (INGEST_MAX_METRICS caps it)"
+)
 QUEUE_LENGTH = _queue_gauge("ingest_queue_length", "Entries in the stream now (XLEN)")
 QUEUE_ADDED = _queue_gauge(
     "ingest_queue_entries_added", "Entries ever appended to the stream (XINFO STREAM)"

@@ -106,11 +106,23 @@ class MetricSummary(Base):
     rollups: dict[str, Point | None] = msgspec.field(default_factory=dict)
 
 
+class Cardinality(Base):
+    """Distinct device series and metric names the writers created (the registry's counts)
+    and their caps (INGEST_MAX_SERIES, INGEST_MAX_METRICS; null: none)."""
+
+    series: int
+    maxSeries: int | None
+    metrics: int
+    maxMetrics: int | None
+
+
 class Summary(Base):
-    """Queue health and the latest values of every metric, sorted by metric name."""
+    """Queue health, the series count and the latest values of every metric, sorted by
+    metric name."""
 
     queue: QueueSummary
     metrics: list[MetricSummary]
+    cardinality: Cardinality
 
 
 class RecentEntry(Base):
@@ -247,11 +259,13 @@ class SourceInfo(Base):
 
 
 class SourceList(Base):
-    """Devices sorted by name; ``now`` is the clock the staleness was judged by."""
+    """Devices sorted by name, one page of them; ``now`` is the clock the staleness was judged
+    by; ``next``: pass it as ``cursor`` for the next page (null on the last)."""
 
     staleAfterMs: int
     now: int
     sources: list[SourceInfo]
+    next: str | None = None
 
 
 class DeadLetter(Base):

@@ -1,11 +1,12 @@
-"""The read routes: access, metrics, ranges, charts, sources. Thin: ``reading`` does the work.
+"""The read routes: access, metrics, ranges, charts, sources. Thin: ``reading`` does the work,
+and ``reading.isolation`` keeps it from slowing ingest (shared, cached, bounded).
 
 No ``from __future__ import annotations`` here: Litestar reads handler annotations at runtime.
 """
 
 from typing import Annotated, Any, Literal
 
-from litestar import Request, get
+from litestar import Request, Response, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter, QueryParameter
 
@@ -16,6 +17,12 @@ from ingest_producer.models import AccessInfo, Charts, MetricList, RangeResult, 
 from ingest_producer.openapi import TIME_PARAMETER, ParameterOperation
 from ingest_producer.reading import catalog, charts, params, ranges
 from ingest_producer.reading.context import ReadContext, create_read_context
+from ingest_producer.reading.isolation import (
+    ReadGuard,
+    json_answer,
+    read_responses,
+    shared_responses,
+)
 from ingest_shared.keys import AGGREGATIONS
 from ingest_shared.redis_client import RedisClient
 from ingest_shared.schema import METRIC_PATTERN, NAME_MAX, SOURCE_PATTERN
@@ -45,16 +52,19 @@ _LABEL_PARAMETER = Annotated[
 
 
 def read_side_routes(
-    settings: Settings, redis: RedisClient, ring: KeyRing
+    settings: Settings, redis: RedisClient, ring: KeyRing, guard: ReadGuard
 ) -> list[HTTPRouteHandler]:
-    """Every read-side route (queries and dead letters) on one read context."""
+    """Every read-side route (queries and dead letters) on one read context and ``guard``."""
     ctx = create_read_context(settings, redis)
     # Without write keys a write needs a JSON Content-Type (see jsonbody.require_json).
     type_required = not settings.write_keys
-    return [*read_routes(ctx, ring), *dead_letter_routes(ctx, type_required=type_required)]
+    return [
+        *read_routes(ctx, ring, guard),
+        *dead_letter_routes(ctx, guard, type_required=type_required),
+    ]
 
 
-def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
+def read_routes(ctx: ReadContext, ring: KeyRing, guard: ReadGuard) -> list[HTTPRouteHandler]:
     """The read-side routes, bound to their collaborators."""
 
     @get(
@@ -77,7 +87,7 @@ def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
 
     @get(
         "/api/ingest/metrics",
-        responses=error_responses(401, 403, 500, 503),
+        responses=shared_responses(MetricList, 401, 403, 500, 503),
         opt=_READ,
         tags=["queries"],
         summary="Every metric: its sources, latest raw value and latest value of each rollup",
@@ -86,12 +96,12 @@ def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
             "Redis round trips whatever the number of metrics."
         ),
     )
-    async def metrics() -> MetricList:
-        return await catalog.read_metrics(ctx)
+    async def metrics() -> Response[bytes]:
+        return json_answer(await guard.shared("metrics", (), lambda: catalog.read_metrics(ctx)))
 
     @get(
         "/api/ingest/metrics/{metric:str}/range",
-        responses=error_responses(401, 403, 422, 500, 503),
+        responses=read_responses(401, 403, 422, 500, 503),
         opt=_READ,
         operation_class=ParameterOperation,
         tags=["queries"],
@@ -163,11 +173,11 @@ def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
             bucket_ms=bucketMs,
             labels=label,
         )
-        return await ranges.read_range(ctx, query)
+        return await guard.limited("range", lambda: ranges.read_range(ctx, query))
 
     @get(
         "/api/ingest/charts",
-        responses=error_responses(401, 403, 422, 500, 503),
+        responses=shared_responses(Charts, 401, 403, 422, 500, 503),
         opt=_READ,
         operation_class=ParameterOperation,
         tags=["queries"],
@@ -188,12 +198,15 @@ def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
             str | None,
             Parameter(description="One device; omitted = the fleet", **_name(SOURCE_PATTERN)),
         ] = None,
-    ) -> Charts:
-        return await charts.read_charts(ctx, window, source)
+    ) -> Response[bytes]:
+        answer = await guard.shared(
+            "charts", (window, source), lambda: charts.read_charts(ctx, window, source)
+        )
+        return json_answer(answer)
 
     @get(
         "/api/ingest/sources",
-        responses=error_responses(401, 403, 422, 500, 503),
+        responses=shared_responses(SourceList, 401, 403, 422, 500, 503),
         opt=_READ,
         operation_class=ParameterOperation,
         tags=["queries"],
@@ -201,7 +214,9 @@ def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
         description=(
             "A metric is `stale` when its latest sample is older than INGEST_STALE_AFTER_MS; "
             "a device is stale when any of its metrics is. `stale=true` lists only stale "
-            "devices, with only their stale metrics. One TS.MGET whatever the number of devices."
+            "devices, with only their stale metrics. One TS.MGET whatever the number of devices. "
+            "Paged: `limit` devices (sorted by name) per page; pass `next` as `cursor` for the "
+            "next page (`next` is null on the last)."
         ),
     )
     async def sources(
@@ -211,7 +226,25 @@ def read_routes(ctx: ReadContext, ring: KeyRing) -> list[HTTPRouteHandler]:
         ] = None,
         stale: Annotated[bool, Parameter(description="Only stale devices and metrics")] = False,
         label: _LABEL_PARAMETER = None,
-    ) -> SourceList:
-        return await catalog.read_sources(ctx, metric, stale, label)
+        limit: Annotated[
+            int,
+            Parameter(ge=1, le=catalog.SOURCES_MAX_LIMIT, description="Devices per page"),
+        ] = catalog.SOURCES_LIMIT,
+        cursor: Annotated[
+            str | None,
+            Parameter(
+                description="The `next` of the previous page; omitted = the first page",
+                schema_extra={"pattern": catalog.CURSOR_PATTERN},
+            ),
+        ] = None,
+    ) -> Response[bytes]:
+        # Label filters are ANDed: their order and repeats do not change the answer.
+        query = (metric, stale, sorted(set(label or ())), limit, cursor)
+        answer = await guard.shared(
+            "sources",
+            query,
+            lambda: catalog.read_sources(ctx, metric, stale, label, limit=limit, cursor=cursor),
+        )
+        return json_answer(answer)
 
     return [access, metrics, metric_range, chart_data, sources]

@@ -7,12 +7,13 @@ import asyncio
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from litestar import get
+from litestar import Response, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
 from redis.exceptions import ResponseError
 
 from ingest_producer.auth import ACCESS_OPT, Access
+from ingest_producer.cardinality import Caps, cardinality
 from ingest_producer.errors import error_responses
 from ingest_producer.models import (
     ConsumerInfo,
@@ -24,6 +25,7 @@ from ingest_producer.models import (
 )
 from ingest_producer.openapi import ParameterOperation
 from ingest_producer.reading import partials
+from ingest_producer.reading.isolation import ReadGuard, json_answer, shared_responses
 from ingest_producer.reading.replies import Sample
 from ingest_shared.exceptions import InvalidEventError
 from ingest_shared.functions import PRODUCER_LIBRARY, fcall
@@ -67,13 +69,20 @@ class EntryChecks:
 
 
 def query_routes(
-    redis: RedisClient, keys: Keys, group: str, checks: EntryChecks
+    redis: RedisClient,
+    keys: Keys,
+    group: str,
+    checks: EntryChecks,
+    guard: ReadGuard,
+    *,
+    caps: Caps,
 ) -> list[HTTPRouteHandler]:
-    """The read routes, bound to their collaborators; ``checks``: ``EntryChecks.of(settings)``."""
+    """The read routes, bound to their collaborators; ``checks``: ``EntryChecks.of(settings)``;
+    the summary is shared through ``guard``; ``caps``: the cardinality caps it shows."""
 
     @get(
         "/api/ingest/summary",
-        responses=error_responses(401, 403, 500, 503),
+        responses=shared_responses(Summary, 401, 403, 500, 503),
         opt={ACCESS_OPT: Access.READ},
         tags=["queries"],
         summary="Queue health and the latest raw and rollup values of every metric",
@@ -91,8 +100,10 @@ def query_routes(
             "shards or devices."
         ),
     )
-    async def summary() -> Summary:
-        return await read_summary(redis, keys, group)
+    async def summary() -> Response[bytes]:
+        return json_answer(
+            await guard.shared("summary", (), lambda: read_summary(redis, keys, group, caps))
+        )
 
     @get(
         "/api/ingest/events/recent",
@@ -119,16 +130,17 @@ def query_routes(
     return [summary, recent_events]
 
 
-async def read_summary(redis: RedisClient, keys: Keys, group: str) -> Summary:
+async def read_summary(redis: RedisClient, keys: Keys, group: str, caps: Caps) -> Summary:
     """Two round trips in sequence whatever the number of metrics, shards and devices: the
     queue counters (of every shard, summed) at the same time as the metrics' latest values
     (``reading.partials``, which takes two). On a cluster each is one pipeline per node."""
-    (members, *replies), latest = await asyncio.gather(
+    (members, series, names, *replies), latest = await asyncio.gather(
         _queue_replies(redis, keys, group), partials.read_latest((redis,), keys)
     )
     queue = _queue(keys, group, replies)
-    if isinstance(members, Exception):
-        raise members
+    for reply in (members, series, names):
+        if isinstance(reply, Exception):
+            raise reply
     metrics = sorted(m.decode(errors="replace") for m in members)
     rollups = keys.rollups
     summaries = []
@@ -138,14 +150,16 @@ async def read_summary(redis: RedisClient, keys: Keys, group: str) -> Summary:
         summaries.append(
             MetricSummary(metric, _point(found.raw), by_name[rollups[0].name], by_name)
         )
-    return Summary(queue, summaries)
+    return Summary(queue, summaries, cardinality(caps, series, names))
 
 
 async def _queue_replies(redis: RedisClient, keys: Keys, group: str) -> list[Any]:
-    """The metrics set, then :data:`_SHARD_REPLIES` queue replies per shard (errors as
-    values), in one pipeline."""
+    """The metrics set, the registry's counts of series and metric names, then
+    :data:`_SHARD_REPLIES` queue replies per shard (errors as values), in one pipeline."""
     pipe = redis.pipeline(transaction=False)
     pipe.smembers(keys.metrics)
+    pipe.scard(keys.registry_series)
+    pipe.scard(keys.registry_metrics)
     for shard in keys.shards:
         pipe.xlen(shard.stream)
         pipe.xpending(shard.stream, group)

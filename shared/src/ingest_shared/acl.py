@@ -33,6 +33,7 @@ _READ = (
     "xrange",
     "xrevrange",
     "smembers",
+    "scard",
     "ts.get",
     "ts.mget",
     "ts.range",
@@ -73,6 +74,14 @@ COMMANDS: dict[Role, tuple[str, ...]] = {
         "xdel",
         "xtrim",
         "xgroup|delconsumer",
+        # The cardinality registry: admitting new series (inside ingest_admit) and seeding it
+        # with the series that exist at start.
+        "sismember",
+        "sadd",
+        "exists",
+        "ts.queryindex",
+        "sunionstore",
+        "set",
     ),
     Role.WORKER: (
         *_CONNECT,

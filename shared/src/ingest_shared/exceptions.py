@@ -5,9 +5,10 @@
     ├── InvalidEventError     permanent: this event can never be stored (dead-letter / 4xx)
     ├── ProtocolError         (also a ValueError) an agent protocol body that cannot be read
     │   └── BodyTooLargeError     ...because it decompresses past its limit (413)
-    └── TransientStoreError   Redis may manage later: back off, retry, ack nothing
-        └── OutcomeUnknownError   ...and the command may have run before the failure (a timeout
-                                  after sending): an append may have happened
+    ├── TransientStoreError   Redis may manage later: back off, retry, ack nothing
+    │   └── OutcomeUnknownError   ...and the command may have run before the failure (a timeout
+    │                             after sending): an append may have happened
+    └── ReadsBusyError        this process runs as many heavy reads as it may: a 503, retry
 
 Redis' own ConnectionError/TimeoutError are treated as transient where they are caught.
 """
@@ -50,3 +51,15 @@ class OutcomeUnknownError(TransientStoreError):
 
 class ReplyTooLargeError(IngestError):
     """A reply passed the client's byte budget; its connection was closed unread."""
+
+
+class ReadsBusyError(IngestError):
+    """INGEST_READ_CONCURRENCY Redis-heavy reads were in flight and no slot freed in time."""
+
+    def __init__(self, limit: int, waited_ms: int) -> None:
+        super().__init__(
+            f"too many read queries in flight in this producer process "
+            f"(INGEST_READ_CONCURRENCY={limit}; none finished within {waited_ms} ms); "
+            "retry after Retry-After seconds"
+        )
+        self.limit = limit

@@ -323,6 +323,40 @@ async def replay_dead_letters(
     return Replayed(dict(zip(pairs[::2], pairs[1::2], strict=True)), [m.decode() for m in missing])
 
 
+class Admitted(Base):
+    """What ``ingest_admit`` did: the registry's counts after the call (series, metric names,
+    the key's series) and a verdict per series asked about (:data:`ADMITTED` or the cap)."""
+
+    series: int
+    metrics: int
+    client_series: int
+    verdicts: list[int]
+
+
+# ingest_admit's verdicts (lua/producer.lua).
+ADMITTED, OVER_SERIES, OVER_METRICS, OVER_CLIENT = 0, 1, 2, 3
+
+
+async def admit_series(
+    redis: RedisClient,
+    registry: Sequence[str],
+    caps: tuple[int, int, int],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    whole: bool,
+) -> Admitted:
+    """Admit each (metric, series member) of ``pairs`` under ``caps`` (series, metric names,
+    the key's series; 0 = none), atomically. ``registry``: the series set, the metric-names
+    set, and optionally the key's series set (one hash slot). ``whole``: all or nothing."""
+    args: list[EncodableT] = [*caps, "all" if whole else "each"]
+    for metric, member in pairs:
+        args += (metric, member)
+    reply = await fcall(
+        redis, PRODUCER_LIBRARY, "FCALL", "ingest_admit", len(registry), *registry, *args
+    )
+    return Admitted(reply[0], reply[1], reply[2], reply[3:])
+
+
 async def release_consumer(redis: RedisClient, keys: StreamKeys, group: str, consumer: str) -> bool:
     """Delete ``consumer`` from ``group`` if it holds no pending entry; True if deleted."""
     deleted = await fcall(

@@ -267,6 +267,36 @@ class Keys:
         named = (self.stream, self.dead_letter, self.metrics, self.series_prefix)
         return [name for name in named if not name.startswith(self.prefix)]
 
+    # The cardinality registry (ingest_producer.cardinality): sets of the device series and
+    # metric names admitted so far. One hash tag for all of them, the metrics set's, so one
+    # call checks every cap atomically, and seeding copies that set within one slot.
+    def _registry(self, name: str) -> str:
+        return f"{self.prefix}registry:{{{hash_tag(self.metrics)}}}:{name}"
+
+    @property
+    def registry_series(self) -> str:
+        """Every device series admitted (members are their :meth:`source_raw` keys)."""
+        return self._registry("series")
+
+    @property
+    def registry_metrics(self) -> str:
+        """Every metric name admitted."""
+        return self._registry("metrics")
+
+    def registry_client_series(self, client_id: str) -> str:
+        """The device series one write key created (for INGEST_MAX_SERIES_PER_KEY)."""
+        return self._registry(f"client:{client_id}")
+
+    @property
+    def registry_seeded(self) -> str:
+        """Set once the registry holds the series that existed before it (see seeding)."""
+        return self._registry("seeded")
+
+    def read_cache(self, route: str, digest: str) -> str:
+        """One read answer shared by every producer process for a moment (a string with a
+        PX expiry); ``digest`` hashes everything that changes the answer."""
+        return f"{self.prefix}read-cache:{route}:{digest}"
+
     @property
     def timeseries_probe(self) -> str:
         """A key that never exists, for probing that the TimeSeries commands are there."""

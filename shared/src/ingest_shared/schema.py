@@ -352,11 +352,17 @@ def labels_from_field(raw: bytes) -> tuple[str, dict[str, str]] | None:
         raise InvalidEventError(msg, "labels") from None
     if labels is None:
         return None
-    digest = hashlib.blake2b(canonical_labels(labels), digest_size=8).hexdigest()
+    digest = labels_digest(canonical_labels(labels))
     if len(_labels) >= _CACHE_LIMIT:
         _labels.clear()
     found = _labels[raw] = (digest, labels)
     return found
+
+
+def labels_digest(canonical: bytes) -> str:
+    """The digest naming a label set's series (``keys.series_identity``), of its
+    :func:`canonical_labels`."""
+    return hashlib.blake2b(canonical, digest_size=8).hexdigest()
 
 
 def _invalid_labels(error: msgspec.ValidationError) -> InvalidEventError:

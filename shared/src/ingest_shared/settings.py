@@ -32,6 +32,9 @@ _MAX_NAMES = 16
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("auto", "json", "console")
 _REDIS_MODES = ("auto", "standalone", "cluster")
+# INGEST_READ_CACHE_MS unset: each dashboard query computed at most about once a second
+# however many dashboards poll it, and never older than half a 2 s refresh.
+READ_CACHE_MS = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,12 @@ class Settings:
     max_points: int = 5_000
     stale_after_ms: int = 300_000
     dead_letter_maxlen: int = 100_000
+    # Read isolation (ingest_producer.reading.isolation): how long the dashboard's and the
+    # summary's answers are shared by every producer process (0 = not cached; off in Settings
+    # built in code, so a read sees the writes before it; READ_CACHE_MS when the variable is
+    # unset), and how many Redis-heavy reads one process runs at once.
+    read_cache_ms: int = 0
+    read_concurrency: int = 4
     # Agent protocols (ingest_producer.agent_routes): how a line, series or resource names its
     # source, and the largest body a protocol route takes, as sent and once decompressed.
     influx_source_tags: tuple[str, ...] = ("host", "device_id", "entity_id", "source")
@@ -108,6 +117,12 @@ class Settings:
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto the producer believes (uvicorn's
     # forwarded_allow_ips): addresses or networks, "*" for any; none by default.
     trusted_proxies: tuple[str, ...] = ()
+    # Cardinality caps (ingest_producer.cardinality), 0 = none: distinct device series (one per
+    # metric, source and label set; ~14 KB of Redis each with the default rollup), per write
+    # key, and distinct metric names (each adds a partial per shard and a dashboard chart).
+    max_series: int = 100_000
+    max_series_per_key: int = 0
+    max_metrics: int = 5_000
 
     @property
     def rollup_rules(self) -> tuple[Rollup, ...]:
@@ -204,6 +219,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_points=_int(env, "INGEST_MAX_POINTS", d.max_points, 1, 1_000_000),
         stale_after_ms=_int(env, "INGEST_STALE_AFTER_MS", d.stale_after_ms, 1),
         dead_letter_maxlen=_int(env, "INGEST_DEAD_LETTER_MAXLEN", d.dead_letter_maxlen, 1),
+        read_cache_ms=_int(env, "INGEST_READ_CACHE_MS", READ_CACHE_MS, 0, 60_000),
+        read_concurrency=_int(env, "INGEST_READ_CONCURRENCY", d.read_concurrency, 1, 1_024),
         influx_source_tags=_names(env, "INGEST_INFLUX_SOURCE_TAGS", d.influx_source_tags),
         influx_default_source=_optional_text(env, "INGEST_INFLUX_DEFAULT_SOURCE", _NAME),
         prometheus_source_label=_text(
@@ -217,6 +234,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             env, "INGEST_PROTOCOL_MAX_BYTES", d.protocol_max_bytes, 1_048_576, 1_073_741_824
         ),
         trusted_proxies=_trusted_proxies(env, "INGEST_TRUSTED_PROXIES"),
+        max_series=_int(env, "INGEST_MAX_SERIES", d.max_series, 0),
+        max_series_per_key=_int(env, "INGEST_MAX_SERIES_PER_KEY", d.max_series_per_key, 0),
+        max_metrics=_int(env, "INGEST_MAX_METRICS", d.max_metrics, 0),
     )
 
 

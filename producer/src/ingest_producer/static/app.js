@@ -3,16 +3,24 @@
  * Every server value is untrusted (event payloads come from devices): it reaches the page only
  * through textContent, attributes set one by one, or uPlot's canvas; never through innerHTML.
  *
- * One refresh = the same five GET calls whatever the number of metrics or devices (summary,
- * charts, recent events, stale devices, dead letters), run in parallel; the next one starts
- * REFRESH_MS after the previous finished (never overlapping) and none runs while the tab is
- * hidden. The source list for the filter is loaded when the loop starts and when the filter
- * is focused, not on every refresh: with thousands of devices it is the largest answer.
+ * One refresh = at most the same five GET calls whatever the number of metrics or devices
+ * (summary, charts, recent events, stale devices, dead letters), run in parallel; the next one
+ * starts REFRESH_MS after the previous finished (never overlapping) and none runs while the tab
+ * is hidden. Readers must not slow ingest, so the page asks only for what is seen: after the
+ * first refresh (which loads every panel) a panel scrolled out of view is not polled, and is
+ * refreshed as soon as it scrolls back in; and a refresh that was slow or refused for load
+ * (503, 429, no answer) doubles the interval up to MAX_REFRESH_MS (at least the server's
+ * Retry-After), a fast clean one sets it back. The source list for the filter is loaded when
+ * the loop starts and when the filter is focused, not on every refresh: with thousands of
+ * devices it is the largest answer.
  */
 "use strict";
 
 (() => {
   const REFRESH_MS = 2000;
+  const SLOW_MS = 1000;
+  const MAX_REFRESH_MS = 30000;
+  const PANELS = ["queue-title", "charts-title", "recent-title", "stale-title", "dead-title"];
   const REQUEST_TIMEOUT_MS = 10000;
   const SOURCES_MAX_AGE_MS = 10000;
   const KEY_STORAGE = "telemetry-ingest.apiKey";
@@ -24,7 +32,7 @@
     charts: "/api/ingest/charts",
     recent: "/api/ingest/events/recent?count=20",
     stale: "/api/ingest/sources?stale=true",
-    sources: "/api/ingest/sources",
+    sources: "/api/ingest/sources?limit=5000",
     deadLetters: "/api/ingest/dead-letters?count=20",
     replay: "/api/ingest/dead-letters/replay",
   };
@@ -39,6 +47,9 @@
     timer: null,
     inFlight: false,
     generation: 0, // bumped when the loop stops, so a refresh still in flight is discarded
+    interval: REFRESH_MS, // grows while answers are slow or refused, see nextInterval
+    loadAll: true, // the next refresh loads every panel, seen or not
+    visible: new Map(), // panel title id -> in the viewport (unknown: counted as seen)
     again: false, // a refresh was asked for while one was running
     refreshes: 0,
     accessTimer: null,
@@ -53,9 +64,10 @@
   };
 
   class HttpError extends Error {
-    constructor(status, detail) {
+    constructor(status, detail, retryAfterS = 0) {
       super(detail);
       this.status = status;
+      this.retryAfterS = retryAfterS;
     }
   }
 
@@ -105,7 +117,8 @@
     }
     if (!response.ok) {
       const detail = body && typeof body.detail === "string" ? body.detail : response.statusText;
-      throw new HttpError(response.status, detail);
+      const retryAfter = Number(response.headers.get("Retry-After"));
+      throw new HttpError(response.status, detail, Number.isFinite(retryAfter) ? retryAfter : 0);
     }
     return body;
   }
@@ -259,7 +272,8 @@
 
   function renderStale(data) {
     if (typeof data.staleAfterMs === "number") {
-      $("stale-hint").textContent = `Devices silent for more than ${formatDuration(data.staleAfterMs)}.`;
+      const more = data.next ? ` Showing the first ${(data.sources || []).length}.` : "";
+      $("stale-hint").textContent = `Devices silent for more than ${formatDuration(data.staleAfterMs)}.${more}`;
     }
     const rows = [];
     for (const source of data.sources || []) {
@@ -546,21 +560,46 @@
     } finally {
       state.inFlight = false;
     }
-    const delay = state.again ? 0 : REFRESH_MS;
+    const delay = state.again ? 0 : state.interval;
     state.again = false;
     schedule(delay);
   }
 
+  function seen(titleId) {
+    return state.visible.get(titleId) !== false;
+  }
+
+  // The next interval: doubled (at least the Retry-After asked for) after a refresh that was
+  // slow or refused for load, back to REFRESH_MS after a fast, clean one.
+  function nextInterval(results, elapsedMs) {
+    let strained = elapsedMs > SLOW_MS;
+    let retryAfterMs = 0;
+    for (const result of results) {
+      const err = result.status === "rejected" ? result.reason : null;
+      if (err instanceof HttpError && (err.status === 0 || err.status === 429 || err.status >= 500)) {
+        strained = true;
+        retryAfterMs = Math.max(retryAfterMs, err.retryAfterS * 1000);
+      }
+    }
+    if (!strained) return REFRESH_MS;
+    return Math.min(MAX_REFRESH_MS, Math.max(state.interval * 2, retryAfterMs));
+  }
+
   async function refreshOnce() {
+    const all = state.loadAll;
+    state.loadAll = false;
     const calls = [
       ["summary", API.summary, renderSummary, "queue-title"],
       ["charts", chartsUrl(), renderCharts, "charts-title"],
       ["recent events", API.recent, renderRecent, "recent-title"],
       ["stale devices", API.stale, renderStale, "stale-title"],
       ["dead letters", API.deadLetters, renderDeadLetters, "dead-title"],
-    ];
+    ].filter(([, , , titleId]) => all || seen(titleId));
     const generation = state.generation;
+    const started = performance.now();
     const results = await Promise.allSettled(calls.map(([, url]) => api(url)));
+    state.interval = nextInterval(results, performance.now() - started);
+    document.body.dataset.refreshMs = String(state.interval);
     // The loop was stopped meanwhile (key forgotten or refused): these answers are stale.
     if (!state.live || generation !== state.generation) return;
     const problems = [];
@@ -590,7 +629,7 @@
     }
     state.refreshes += 1;
     document.body.dataset.refreshes = String(state.refreshes);
-    if (problems.length) setStatus("error", `${problems.join(" · ")} (retrying every ${REFRESH_MS / 1000} s)`);
+    if (problems.length) setStatus("error", `${problems.join(" · ")} (retrying in ${formatDuration(state.interval)})`);
     else setStatus("ok", `Updated ${formatTime(Date.now())}`);
   }
 
@@ -608,6 +647,7 @@
 
   function startLoop() {
     state.live = true;
+    state.loadAll = true;
     loadSources(true);
     refreshNow();
   }
@@ -744,6 +784,21 @@
     select.value = state.source;
   }
 
+  // Panels scrolled out of view are not polled; one coming back into view is refreshed at once.
+  function watchPanels() {
+    if (typeof IntersectionObserver !== "function") return; // every panel then counts as seen
+    const observer = new IntersectionObserver((entries) => {
+      let back = false;
+      for (const entry of entries) {
+        const titleId = entry.target.getAttribute("aria-labelledby");
+        if (entry.isIntersecting && !seen(titleId)) back = true;
+        state.visible.set(titleId, entry.isIntersecting);
+      }
+      if (back && state.live && !document.hidden) refreshNow();
+    });
+    for (const titleId of PANELS) observer.observe($(titleId).closest("section"));
+  }
+
   // ---------------------------------------------------------------- start
 
   function init() {
@@ -793,6 +848,7 @@
       }
     });
     if (typeof window.uPlot !== "function") setStatus("error", "The chart library did not load.");
+    watchPanels();
     checkAccess();
   }
 

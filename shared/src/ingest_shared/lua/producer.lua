@@ -267,7 +267,94 @@ local function ingest_recent(keys, args)
   return entries
 end
 
+-- ingest_admit: admit the new device series of a request under the cardinality caps, checking
+-- and recording them in one atomic step, so concurrent producers can never pass a cap together.
+-- The producer calls it only for series it has not seen admitted (its own cache), so a request
+-- for known series costs nothing here.
+-- KEYS: registry of series, registry of metric names, then (optional) the write key's series
+-- ARGV: max series, max metrics, max series of the key (0 = no cap), mode ('all': admit all
+--       or nothing; 'each': admit what fits), then per series: its metric, its member
+-- Returns {series count, metrics count, key's series count, verdict...}, a verdict per series:
+-- 0 admitted (or known), 1 over the series cap, 2 over the metrics cap, 3 over the key's cap.
+-- In 'all' mode nothing is recorded unless every series is admitted.
+local ADMITTED, OVER_SERIES, OVER_METRICS, OVER_CLIENT = 0, 1, 2, 3
+-- Members per SADD: Lua's unpack has a C stack limit near 8,000.
+local SADD_CHUNK = 4000
+
+local function sadd_all(key, members)
+  for first = 1, #members, SADD_CHUNK do
+    redis.call('SADD', key, unpack(members, first, math.min(first + SADD_CHUNK - 1, #members)))
+  end
+end
+
+local function ingest_admit(keys, args)
+  local series_key, metrics_key, client_key = keys[1], keys[2], keys[3]
+  local max_series, max_metrics = tonumber(args[1]), tonumber(args[2])
+  local max_client, all = tonumber(args[3]), args[4] == 'all'
+  if (#args - 4) % 2 ~= 0 then
+    return redis.error_reply('ERR ingest_admit: a metric and a member per series')
+  end
+  local counts = {redis.call('SCARD', series_key), redis.call('SCARD', metrics_key),
+    client_key and redis.call('SCARD', client_key) or 0}
+  local added = {{}, {}, {}}
+  local seen = {{}, {}, {}}
+  local verdicts = {}
+  local refused = false
+  -- Whether `member` is new to set `i` (not in it, not added by this call), and its cap.
+  local function is_new(i, key, member)
+    if seen[i][member] ~= nil then return seen[i][member] end
+    local new = redis.call('SISMEMBER', key, member) == 0
+    seen[i][member] = new
+    return new
+  end
+  for p = 5, #args, 2 do
+    local metric, member = args[p], args[p + 1]
+    local new_metric = is_new(2, metrics_key, metric)
+    local new_series = is_new(1, series_key, member)
+    local new_client = client_key ~= nil and is_new(3, client_key, member)
+    local verdict = ADMITTED
+    if new_metric and max_metrics > 0 and counts[2] >= max_metrics then
+      verdict = OVER_METRICS
+    elseif new_series and max_series > 0 and counts[1] >= max_series then
+      verdict = OVER_SERIES
+    elseif new_client and max_client > 0 and counts[3] >= max_client then
+      verdict = OVER_CLIENT
+    else
+      -- Admitted: count it now, so the next series of this call sees it.
+      if new_metric then
+        added[2][#added[2] + 1] = metric
+        seen[2][metric] = false
+        counts[2] = counts[2] + 1
+      end
+      if new_series then
+        added[1][#added[1] + 1] = member
+        seen[1][member] = false
+        counts[1] = counts[1] + 1
+      end
+      if new_client then
+        added[3][#added[3] + 1] = member
+        seen[3][member] = false
+        counts[3] = counts[3] + 1
+      end
+    end
+    if verdict ~= ADMITTED then refused = true end
+    verdicts[#verdicts + 1] = verdict
+  end
+  local reply = counts
+  if refused and all then
+    -- Nothing recorded: the counts are those before the call.
+    reply = {counts[1] - #added[1], counts[2] - #added[2], counts[3] - #added[3]}
+  else
+    sadd_all(series_key, added[1])
+    sadd_all(metrics_key, added[2])
+    if client_key then sadd_all(client_key, added[3]) end
+  end
+  for i = 1, #verdicts do reply[3 + i] = verdicts[i] end
+  return reply
+end
+
 redis.register_function('ingest_append', ingest_append)
+redis.register_function('ingest_admit', ingest_admit)
 redis.register_function('ingest_recent', ingest_recent)
 redis.register_function('ingest_replay', ingest_replay)
 redis.register_function('ingest_release_consumer', ingest_release_consumer)
