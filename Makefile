@@ -83,7 +83,7 @@ bench: install ## the benchmark suite (installs wrk): prints a table, writes ben
 bench-cluster: install ## drain and ingest on a local Redis Cluster by shards and workers: bench/results/<date>-cluster.md
 	set -o pipefail; $(UV) run --frozen --no-sync python -m bench.cluster | tee bench/results/$$(date -u +%F)-cluster.md
 
-bench-quick: install ## a ~40 s run of the benchmark suite, one repetition, nothing written
+bench-quick: install ## the benchmark suite once (one repetition, shorter runs), nothing written
 	$(UV) run --frozen --no-sync python -m bench.run --quick --no-write
 
 # SOAK_ARGS: e.g. --duration 600 --kill-every 120 (see python -m bench.soak --help).

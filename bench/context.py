@@ -158,6 +158,16 @@ class Bench:
             extra["INGEST_MAX_BACKLOG"] = str(max_backlog)
         return self._producer(name, product_defaults=False, **extra)
 
+    def replica_producer(self, read_redis_url: str) -> Server | None:
+        """One `ingest-producer` process whose queries read ``read_redis_url`` (a replica of
+        the bench's Redis: INGEST_READ_REDIS_URL)."""
+        return self._producer(
+            "producer-1p-replica",
+            product_defaults=False,
+            INGEST_HTTP_WORKERS="1",
+            INGEST_READ_REDIS_URL=read_redis_url,
+        )
+
     def worker(self, index: int, variant: str = "") -> Server | None:
         """`ingest-worker` process number `index` (its own consumer name).
 

@@ -10,6 +10,9 @@ wrk connections loop the heaviest reads (fleet charts over 24 h, stale sources, 
 a fleet 24 h range aggregated from raw samples). Targets: loaded p99 <= 2x idle, loaded
 batches >= 0.9x idle. The producer runs as the product ships its read side (the read cache
 and INGEST_READ_CONCURRENCY at their defaults); the readers' 503s are counted, not failures.
+Then the same pairs once more on a producer whose queries read a replica (a second local
+redis-server replicating the bench's: INGEST_READ_REDIS_URL), started after the first pairs
+so it costs them nothing.
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+import redis
 from redis.exceptions import ResponseError
 
 from bench.config import PRODUCT_DB
 from bench.context import SAMPLE_EVENT
 from bench.loadgen import LoadGenError, WrkResult, log, run_wrk
 from bench.prefill import now_ms
+from bench.procs import HOST
 from bench.scenarios.common import EVENTS_PATH, check_post, measure, reset_streams, scratch_figure
+from ingest_devtools.localredis import LocalRedis
 from ingest_shared.settings import load_settings
 from ingest_shared.timeseries import RULE_EXISTS, SERIES_EXISTS, SeriesLayout, setup_commands
 
@@ -153,29 +159,45 @@ def _measure_pair(
     reset_streams(bench)
 
 
+class _Figures:
+    """The four figures of one producer set-up and their two targets."""
+
+    def __init__(self, bench: Bench, suffix: str, title: str) -> None:
+        cfg, results = bench.config, bench.results
+        readers = cfg.mixed_readers
+        self.single_idle = results.figure(
+            f"mixed.single.idle{suffix}", 12,
+            f"Single-event POST p99, idle, {SINGLE_CONNECTIONS} conns{title}", "ms",
+        )  # fmt: skip
+        self.single_loaded = results.figure(
+            f"mixed.single.loaded{suffix}", 12,
+            f"Single-event POST p99, {readers} readers looping{title}", "ms",
+        )  # fmt: skip
+        batch_label = f"Batches of {BATCH_SIZE}, {cfg.batch_connections} conns"
+        self.batch_idle = results.figure(
+            f"mixed.batch.idle{suffix}", 12, f"{batch_label}, idle{title}", "events/s"
+        )
+        self.batch_loaded = results.figure(
+            f"mixed.batch.loaded{suffix}", 12, f"{batch_label}, {readers} readers looping{title}",
+            "events/s",
+        )  # fmt: skip
+        results.target(
+            f"mixed_p99{suffix}", "p99 with readers / idle", self.single_loaded.key, 2.0,
+            comparison="<=", versus=self.single_idle.key, versus_label="idle",
+        )  # fmt: skip
+        results.target(
+            f"mixed_batch{suffix}", "batches with readers / idle", self.batch_loaded.key, 0.9,
+            versus=self.batch_idle.key, versus_label="idle",
+        )  # fmt: skip
+
+    def all(self) -> tuple[Figure, ...]:
+        return (self.single_idle, self.single_loaded, self.batch_idle, self.batch_loaded)
+
+
 def run(bench: Bench) -> None:
-    cfg, results = bench.config, bench.results
-    readers = cfg.mixed_readers
-    single_idle = results.figure(
-        "mixed.single.idle", 12, f"Single-event POST p99, idle, {SINGLE_CONNECTIONS} conns", "ms"
-    )
-    single_loaded = results.figure(
-        "mixed.single.loaded", 12, f"Single-event POST p99, {readers} readers looping", "ms"
-    )
-    batch_label = f"Batches of {BATCH_SIZE}, {cfg.batch_connections} conns"
-    batch_idle = results.figure("mixed.batch.idle", 12, f"{batch_label}, idle", "events/s")
-    batch_loaded = results.figure(
-        "mixed.batch.loaded", 12, f"{batch_label}, {readers} readers looping", "events/s"
-    )
-    results.target(
-        "mixed_p99", "p99 with readers / idle", single_loaded.key, 2.0,
-        comparison="<=", versus=single_idle.key, versus_label="idle",
-    )  # fmt: skip
-    results.target(
-        "mixed_batch", "batches with readers / idle", batch_loaded.key, 0.9,
-        versus=batch_idle.key, versus_label="idle",
-    )  # fmt: skip
-    figures = (single_idle, single_loaded, batch_idle, batch_loaded)
+    cfg = bench.config
+    primary = _Figures(bench, "", "")
+    replicated = _Figures(bench, ".replica", ", queries on a replica")
 
     # Alone on the product database: other scenarios' workers and series would change the
     # reads' cost (scenario 10, after this one, flushes it again).
@@ -186,29 +208,78 @@ def run(bench: Bench) -> None:
     log(f"scenario 12: loading {cfg.mixed_hours:g} h x {cfg.mixed_devices} devices")
     samples = load(bench, settings.keys, layout, cfg.mixed_devices, cfg.mixed_hours)
     log(f"  {samples:,} device samples (and as many in the per-metric series)")
+    reads = _pairs(bench, bench.producer(1), primary, "producer-1p")
+    bench.stop_all()
+    replica = LocalRedis(
+        bench.workdir / "replica",
+        extra_args=["--replicaof", HOST, str(bench.redis_server.port)],
+    ).start()
+    try:
+        _wait_synced(bench, replica)
+        url = f"redis://{HOST}:{replica.port}/{PRODUCT_DB}"
+        replica_reads = _pairs(
+            bench, bench.replica_producer(url), replicated, "producer-1p-replica"
+        )
+    finally:
+        bench.stop_all()
+        replica.stop()
+    bench.results.data["mixed"] = {
+        "devices": cfg.mixed_devices,
+        "hours": cfg.mixed_hours,
+        "device_samples": samples,
+        "readers": cfg.mixed_readers,
+        "read_paths": _read_paths(),
+        "reads": reads,
+        "reads_on_replica": replica_reads,
+    }
 
-    server = bench.producer(1)
+
+def _wait_synced(bench: Bench, replica: LocalRedis, timeout_s: float = 120.0) -> None:
+    """Until the replica's link is up and it holds everything the primary sent."""
+    client = redis.Redis(host=HOST, port=replica.port, decode_responses=True)
+    primary = bench.client(PRODUCT_DB)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            theirs = client.info("replication")
+            mine = primary.info("replication")
+            if theirs.get("master_link_status") == "up" and int(
+                theirs.get("slave_repl_offset", -1)
+            ) >= int(mine["master_repl_offset"]):
+                return
+            time.sleep(0.2)
+    finally:
+        client.close()
+    msg = "the replica did not catch up"
+    raise LoadGenError(msg)
+
+
+def _pairs(
+    bench: Bench, server: Server | None, figures: _Figures, name: str
+) -> list[dict[str, object]]:
+    """Every repetition's idle and loaded pairs on ``server``; the readers' figures."""
+    cfg = bench.config
     problem = "producer did not start" if server is None else None
     if server is not None:
         problem = check_post(server.base_url + EVENTS_PATH, SAMPLE_EVENT)
     if server is None or problem is not None:
-        for fig in figures:
-            fig.fail(problem or bench.why_unavailable("producer-1p"))
-        return
-    scratch = scratch_figure(single_idle, "single")
+        for fig in figures.all():
+            fig.fail(problem or bench.why_unavailable(name))
+        return []
+    scratch = scratch_figure(figures.single_idle, "single")
     reads: list[dict[str, object]] = []
     for rep in range(cfg.repetitions):
-        log(f"scenario 12 mixed: repetition {rep + 1}/{cfg.repetitions}")
-        _measure_pair(bench, server, single_idle, batch_idle, scratch)
+        log(f"scenario 12 mixed ({name}): repetition {rep + 1}/{cfg.repetitions}")
+        _measure_pair(bench, server, figures.single_idle, figures.batch_idle, scratch)
         # Past the end of both loaded runs (wrk rounds to whole seconds and takes a moment
         # to start): no part of them runs without readers.
-        looping = Readers(bench, server, readers, 2 * cfg.duration_s + 4 * READERS_LEAD_S)
+        looping = Readers(bench, server, cfg.mixed_readers, 2 * cfg.duration_s + 4 * READERS_LEAD_S)
         time.sleep(READERS_LEAD_S)
-        _measure_pair(bench, server, single_loaded, batch_loaded, scratch)
+        _measure_pair(bench, server, figures.single_loaded, figures.batch_loaded, scratch)
         looping.join()
         done = looping.result
         if done is None:
-            single_loaded.fail(f"readers failed: {looping.error}")
+            figures.single_loaded.fail(f"readers failed: {looping.error}")
             continue
         reads.append(
             {
@@ -222,11 +293,4 @@ def run(bench: Bench) -> None:
             f"  readers: {done.requests / done.duration_s:,.0f} reads/s, {done.non_2xx} non-2xx, "
             f"p50 {done.p50_ms:.1f} ms, p99 {done.p99_ms:.1f} ms"
         )
-    results.data["mixed"] = {
-        "devices": cfg.mixed_devices,
-        "hours": cfg.mixed_hours,
-        "device_samples": samples,
-        "readers": readers,
-        "read_paths": _read_paths(),
-        "reads": reads,
-    }
+    return reads

@@ -1,6 +1,6 @@
 """Prometheus itself against the service: a real server (Debian's ``prometheus`` package)
 scrapes the producer, the worker and itself and remote-writes everything to the producer;
-``promtool`` lints both services' ``/metrics`` and unit-tests the README's alert rules.
+``promtool`` lints both services' ``/metrics`` and unit-tests the alert rules of docs/operating.md.
 
 Without the package these tests are skipped with the reason (``.ci/run`` installs it).
 """
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from redis.asyncio import Redis
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+RULES_PAGE = Path(__file__).resolve().parents[2] / "docs" / "operating.md"
 API_KEY = "prometheus-remote-write-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 # Every series of the `prometheus` job carries this target label: commas, "=", parentheses,
@@ -70,15 +70,16 @@ async def test_promtool_finds_no_problem_in_the_producer_and_the_worker_metrics(
         assert output == "", f"promtool check metrics on the {name}'s /metrics:\n{output}"
 
 
-def readme_alert_rules() -> str:
-    """The YAML block of the README that holds the alert rules, as written there."""
-    blocks = re.findall(r"^```yaml\n(.*?)^```$", README.read_text(encoding="utf-8"), re.M | re.S)
+def documented_alert_rules() -> str:
+    """The YAML block of docs/operating.md that holds the alert rules, as written there."""
+    text = RULES_PAGE.read_text(encoding="utf-8")
+    blocks = re.findall(r"^```yaml\n(.*?)^```$", text, re.M | re.S)
     found = [block for block in blocks if "IngestLagGrowing" in block]
-    assert len(found) == 1, f"{len(found)} YAML blocks of README.md hold IngestLagGrowing"
+    assert len(found) == 1, f"{len(found)} YAML blocks of {RULES_PAGE.name} hold IngestLagGrowing"
     return str(found[0])
 
 
-# One promtool unit-test group per README alert: input series as the services export them
+# One promtool unit-test group per documented alert: input series as the services export them
 # (one sample a minute) and, at each time, the alerts expected (none: it must not fire).
 PRODUCER = {"job": "producer", "instance": "producer-1:8080"}
 WORKER = {"job": "worker", "instance": "worker-1:9100"}
@@ -189,12 +190,12 @@ def promtool_tests(alert: str) -> dict[str, Any]:
     return {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}
 
 
-def test_the_readme_alert_rules_are_valid_and_cover_what_the_tests_exercise(
+def test_the_documented_alert_rules_are_valid_and_cover_what_the_tests_exercise(
     tmp_path: Path,
 ) -> None:
-    """The README's block parses as YAML, ``promtool check rules`` accepts it (expressions,
+    """The documented block parses as YAML, ``promtool check rules`` accepts it (expressions,
     templates, no duplicates), and it holds exactly the alerts the cases below cover."""
-    rules = readme_alert_rules()
+    rules = documented_alert_rules()
     (tmp_path / "rules.yml").write_text(rules)
     output = promtool("check", "rules", "rules.yml", cwd=tmp_path)
     assert "SUCCESS: 3 rules found" in output, output
@@ -210,12 +211,12 @@ def test_the_readme_alert_rules_are_valid_and_cover_what_the_tests_exercise(
         "IngestWorkerNoProgress",
     ],
 )
-def test_each_readme_alert_fires_when_it_should_and_not_otherwise(
+def test_each_documented_alert_fires_when_it_should_and_not_otherwise(
     alert: str, tmp_path: Path
 ) -> None:
-    """``promtool test rules`` on the README's block, with the labels and annotation text
+    """``promtool test rules`` on the documented block, with the labels and annotation text
     each firing alert must have, and times at which it must not fire."""
-    (tmp_path / "rules.yml").write_text(readme_alert_rules())
+    (tmp_path / "rules.yml").write_text(documented_alert_rules())
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(promtool_tests(alert), sort_keys=False))
     output = promtool("test", "rules", "tests.yml", cwd=tmp_path)
     assert "SUCCESS" in output, output

@@ -290,3 +290,57 @@ async def test_a_redis_user_that_may_not_write_reads_without_the_cache(
 
         assert await read_as(Role.DASHBOARD) == []
         assert len(await read_as(Role.PRODUCER)) == 1
+
+
+async def test_a_process_serves_its_own_copy_without_asking_redis_again(
+    redis: Redis, redis_url: str, serve: AppClient
+) -> None:
+    async with serve(build_app(settings(redis_url, read_cache_ms=5_000))) as http:
+        await ingest(http, event("cpu", "a", 1.0, BASE_MS))
+        assert (await http.get(CHARTS, params={"window": "1h"})).status_code == 200
+        gets, mranges = await calls(redis, "get"), await calls(redis, "ts.mrange")
+        for _ in range(5):
+            assert (await http.get(CHARTS, params={"window": "1h"})).status_code == 200
+        assert await calls(redis, "get") == gets
+        assert await calls(redis, "ts.mrange") == mranges
+
+
+async def test_a_relative_range_is_one_query_and_a_long_window_lives_longer(
+    redis: Redis, redis_url: str, serve: AppClient
+) -> None:
+    async with serve(build_app(settings(redis_url, read_cache_ms=1_000))) as http:
+        await ingest(http, event("cpu", "a", 1.0, BASE_MS))
+        day: dict[str, str | int] = {
+            "from": now_ms() - 86_400_000,
+            "agg": "avg",
+            "bucketMs": 3_600_000,
+        }
+        assert (await http.get("/api/ingest/metrics/cpu/range", params=day)).status_code == 200
+        hour = await http.get("/api/ingest/metrics/cpu/range")  # the last hour, relative
+        assert hour.status_code == 200, hour.text
+        reads = await calls(redis, "ts.range") + await calls(redis, "ts.mrange")
+        again = await http.get("/api/ingest/metrics/cpu/range")
+        assert again.json() == hour.json()
+        assert await calls(redis, "ts.range") + await calls(redis, "ts.mrange") == reads
+        lifetimes = sorted([await redis.pttl(key) for key in await cache_keys(redis)])
+    # An hour: INGEST_READ_CACHE_MS or a 2,880th of it, 1.25 s; a day: 30 s.
+    assert len(lifetimes) == 2
+    assert 0 < lifetimes[0] <= 1_250
+    assert 25_000 < lifetimes[1] <= 30_000
+
+
+async def test_reads_start_at_the_paced_rate_and_one_too_far_ahead_is_a_503(
+    redis: Redis,
+) -> None:
+    guard = ReadGuard(redis, KEYS, concurrency=4, cache_ms=0, rate=1)
+    started = asyncio.get_running_loop().time()
+    waiting = [asyncio.create_task(guard.paced("summary")) for _ in range(3)]
+    await asyncio.sleep(0)
+    # Turns at 0, 1 and 2 s: a fourth would be 3 s away, past the 2 s a read may wait.
+    with pytest.raises(ReadsBusyError, match="INGEST_READ_RATE=1 a second"):
+        await guard.paced("summary")
+    await waiting[1]
+    assert asyncio.get_running_loop().time() - started >= 0.9
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)

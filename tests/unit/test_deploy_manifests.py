@@ -107,11 +107,11 @@ def test_compose_acl_file_is_what_the_acl_module_makes_and_compose_uses_it() -> 
         assert url.startswith(f"redis://{DEFAULT_USERS[role]}:change-me-{role.value}@"), url
 
 
-def test_readme_acl_lines_are_what_the_acl_module_makes() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_documented_acl_lines_are_what_the_acl_module_makes() -> None:
+    page = (ROOT / "docs" / "reliability-and-security.md").read_text()
     for role in Role:
         line = setuser_command(role, f"{role.value.upper()}_PASSWORD", Settings().key_prefix)
-        assert line in readme, role
+        assert line in page, role
 
 
 def test_cluster_compose_runs_the_services_in_cluster_mode_under_their_users() -> None:

@@ -1,7 +1,7 @@
-"""The README, `.env.example`, the settings code and compose.yaml agree with each other.
+"""The docs, `.env.example`, the settings code and compose.yaml agree with each other.
 
-Every environment variable the settings code reads has a row in the README's Settings table
-and a line in `.env.example`, and neither names one the code does not read.
+Every environment variable the settings code reads has a row in the Settings table of
+docs/settings.md and a line in `.env.example`, and neither names one the code does not read.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+SETTINGS_PAGE = ROOT / "docs" / "settings.md"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ENV_NAME = re.compile(r"\A(?:REDIS_URL|INGEST_[A-Z0-9_]+)\Z")
 
 
@@ -51,16 +52,17 @@ def names_the_code_reads() -> set[str]:
     return env.asked
 
 
-def section(title: str) -> str:
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.M | re.S)
-    assert match is not None, f"README has no '## {title}' section"
-    return match[1]
+def settings_table() -> str:
+    """The table of docs/settings.md: its lines that start with ``|``."""
+    text = SETTINGS_PAGE.read_text(encoding="utf-8")
+    assert text.startswith("# Settings\n"), f"{SETTINGS_PAGE} is not the Settings page"
+    return "\n".join(line for line in text.splitlines() if line.startswith("|"))
 
 
-def readme_table_names() -> list[str]:
-    """The variables in the first column of the README's Settings table."""
+def settings_table_names() -> list[str]:
+    """The variables in the first column of the Settings table (docs/settings.md)."""
     names: list[str] = []
-    for line in section("Settings").splitlines():
+    for line in settings_table().splitlines():
         if line.startswith("| `"):
             first_cell = line.split("|")[1]
             names += re.findall(r"`([A-Z][A-Z0-9_]*)`", first_cell)
@@ -75,7 +77,7 @@ def env_example_names() -> list[str]:
 
 def test_the_settings_code_reads_only_documented_variables_and_the_docs_name_no_others() -> None:
     code = names_the_code_reads()
-    table, example = readme_table_names(), env_example_names()
+    table, example = settings_table_names(), env_example_names()
 
     assert all(ENV_NAME.match(name) for name in code), code
     missing_in_table, unknown_in_table = sorted(code - set(table)), sorted(set(table) - code)
@@ -83,22 +85,26 @@ def test_the_settings_code_reads_only_documented_variables_and_the_docs_name_no_
         sorted(code - set(example)),
         sorted(set(example) - code),
     )
-    assert not missing_in_table, f"read by the settings code, not in the README: {missing_in_table}"
-    assert not unknown_in_table, f"in the README Settings table, never read: {unknown_in_table}"
+    assert not missing_in_table, f"read by the code, not in docs/settings.md: {missing_in_table}"
+    assert not unknown_in_table, f"in docs/settings.md, never read: {unknown_in_table}"
     assert not missing_in_example, f"read by the code, not in .env.example: {missing_in_example}"
     assert not unknown_in_example, f"in .env.example, never read: {unknown_in_example}"
 
 
 def test_no_variable_is_listed_twice() -> None:
-    for where, names in (("README", readme_table_names()), (".env", env_example_names())):
+    for where, names in (("settings.md", settings_table_names()), (".env", env_example_names())):
         assert [n for n, count in Counter(names).items() if count > 1] == [], where
 
 
-def test_the_redis_image_is_the_same_in_compose_the_tests_and_the_readme() -> None:
+def test_the_redis_image_is_the_same_in_compose_the_tests_and_the_docs() -> None:
     compose = (ROOT / "compose.yaml").read_text(encoding="utf-8")
     conftest = (ROOT / "tests" / "conftest.py").read_text(encoding="utf-8")
     images = set(re.findall(r"^\s*image:\s*(redis:\S+)", compose, re.M))
 
     assert len(images) == 1
     assert set(re.findall(r'^REDIS_IMAGE = "(redis:[^"]+)"', conftest, re.M)) == images
-    assert set(re.findall(r"`(redis:[0-9][^`]*)`", README)) == images
+    for page in DOCS:
+        named = set(re.findall(r"`(redis:[0-9][^`]*)`", page.read_text(encoding="utf-8")))
+        assert named <= images, page
+    readme = DOCS[0].read_text(encoding="utf-8")
+    assert set(re.findall(r"`(redis:[0-9][^`]*)`", readme)) == images

@@ -25,6 +25,7 @@ from ingest_producer.ingest import enqueue_route, process_route
 from ingest_producer.observe import RequestObserver, metrics_route
 from ingest_producer.read_routes import read_side_routes
 from ingest_producer.reading.isolation import ReadGuard
+from ingest_producer.replica import ReplicaMonitor
 from ingest_producer.summary import EntryChecks, query_routes
 from ingest_shared.exceptions import ConfigurationError
 from ingest_shared.processor import create_processor
@@ -45,10 +46,12 @@ def create_app(
     settings: Settings,
     redis: RedisClient,
     *,
+    read_redis: RedisClient | None = None,
     lifespan: Sequence[Callable[[Litestar], AbstractAsyncContextManager[None]]] = (),
     multiprocess_dir: str | None = None,
 ) -> Litestar:
     """The producer API on ``redis``; ``lifespan`` context managers wrap the app's lifetime.
+    ``read_redis``: a replica of it for the read side's queries (default: ``redis``).
 
     At startup the shard layout is checked against the one recorded in Redis (another one stops
     the app), the append function is loaded and each shard's consumer group created if
@@ -69,6 +72,8 @@ def create_app(
     backlog = BacklogMonitor.over(
         redis, keys.shards, group, settings.max_backlog, gauges=settings.metrics_enabled
     )
+    replica = None if read_redis is None else ReplicaMonitor(redis, read_redis)
+    reader = redis if read_redis is None else read_redis
 
     async def prepare_redis() -> None:
         try:
@@ -120,7 +125,10 @@ def create_app(
         # Set up before the backlog monitor first looks: it would take the groups not created
         # yet for groups Redis lost, and log an error for each.
         await prepare_redis()
-        async with backlog.running():
+        async with contextlib.AsyncExitStack() as running:
+            await running.enter_async_context(backlog.running())
+            if replica is not None:
+                await running.enter_async_context(replica.running())
             yield
 
     app = Litestar(
@@ -128,8 +136,16 @@ def create_app(
             enqueue_route(settings, window, appender, backlog, registry),
             *agent_routes(settings, window, appender, backlog, redis, registry=registry),
             process_route(redis, keys, group, processors, type_required=not settings.write_keys),
-            *query_routes(redis, keys, group, EntryChecks.of(settings), reads, caps=registry.caps),
-            *read_side_routes(settings, redis, ring, reads),
+            *query_routes(
+                redis,
+                keys,
+                group,
+                EntryChecks.of(settings),
+                reads,
+                caps=registry.caps,
+                reader=reader,
+            ),
+            *read_side_routes(settings, redis, ring, reads, reader=reader),
             *health_routes(redis, keys, backlog),
             *([metrics_route(multiprocess_dir)] if settings.metrics_enabled else []),
             *dashboard_routes(),

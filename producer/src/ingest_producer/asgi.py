@@ -36,11 +36,11 @@ def create_asgi_app() -> Litestar:
     """Settings from the environment, logging, and the app (with its own Redis client)."""
     try:
         settings = load_settings()
+        configure_logging(settings.log_level, settings.log_format)
+        return build_app(settings, multiprocess_dir=os.environ.get(MULTIPROC_DIR_VARIABLE))
     except ConfigurationError as exc:
         print(f"ingest-producer: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure_logging(settings.log_level, settings.log_format)
-    return build_app(settings, multiprocess_dir=os.environ.get(MULTIPROC_DIR_VARIABLE))
 
 
 def build_app(settings: Settings, multiprocess_dir: str | None = None) -> Litestar:
@@ -50,14 +50,29 @@ def build_app(settings: Settings, multiprocess_dir: str | None = None) -> Litest
     cluster`` tells a single node from a Redis Cluster.
     """
     settings = resolved_sync(settings)
+    cluster = settings.redis_mode == "cluster"
+    if cluster and settings.read_redis_url:
+        msg = (
+            "INGEST_READ_REDIS_URL names a replica of a single Redis node; a Redis Cluster "
+            "spreads reads over its primaries already: unset it"
+        )
+        raise ConfigurationError(msg)
     redis = create_redis(
         settings.redis_url,
         # A durable write waits up to durability_timeout_ms inside Redis (WAITAOF/WAIT).
         socket_timeout=max(REDIS_SOCKET_TIMEOUT_S, settings.durability_timeout_ms / 1000 + 0.5),
         connect_timeout=REDIS_CONNECT_TIMEOUT_S,
         tls=settings.redis_tls,
-        cluster=settings.redis_mode == "cluster",
+        cluster=cluster,
     )
+    read_redis = None
+    if settings.read_redis_url:
+        read_redis = create_redis(
+            settings.read_redis_url,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+            tls=settings.redis_tls,
+        )
 
     @asynccontextmanager
     async def close_redis(_: Litestar) -> AsyncIterator[None]:
@@ -65,5 +80,13 @@ def build_app(settings: Settings, multiprocess_dir: str | None = None) -> Litest
             yield
         finally:
             await redis.aclose()
+            if read_redis is not None:
+                await read_redis.aclose()
 
-    return create_app(settings, redis, lifespan=[close_redis], multiprocess_dir=multiprocess_dir)
+    return create_app(
+        settings,
+        redis,
+        read_redis=read_redis,
+        lifespan=[close_redis],
+        multiprocess_dir=multiprocess_dir,
+    )

@@ -19,7 +19,6 @@ no worker runs waits for the workers to come instead of sitting in a stream nobo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ import structlog
 from redis.exceptions import NoPermissionError, RedisError
 
 from ingest_producer import metrics
+from ingest_producer.polling import polling
 from ingest_shared.schema import now_ms
 from ingest_shared.streams import ensure_group, is_transient
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from ingest_shared.redis_client import RedisClient
 
 REFRESH_INTERVAL_S = 0.25
-STOP_TIMEOUT_S = 2.0
 
 logger = structlog.get_logger(__name__)
 
@@ -65,7 +64,6 @@ class BacklogMonitor:
         self.max_backlog = max_backlog
         self.backlog: int | None = None
         self.overloaded = False
-        self._stopping = asyncio.Event()
 
     @classmethod
     def over(
@@ -148,27 +146,14 @@ class BacklogMonitor:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[BacklogMonitor]:
         """Refresh every 250 ms in a background task for the life of the block."""
-        self._stopping.clear()
-        task = asyncio.create_task(self._loop(), name="backlog-monitor")
-        try:
+        async with polling(self.refresh, REFRESH_INTERVAL_S, "backlog-monitor", _failed):
             yield self
-        finally:
-            # The flag, not only cancel(): a cancellation landing inside a redis-py call can be
-            # absorbed there, and then the loop would go on and this await never return.
-            self._stopping.set()
-            task.cancel()
-            await asyncio.wait([task], timeout=STOP_TIMEOUT_S)
 
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.refresh()
-            except (RedisError, OSError) as exc:
-                if not is_transient(exc):
-                    logger.warning("backlog_refresh_failed", error=str(exc))
-                # Unknown backlog: keep the last verdict; the ingest route reports Redis itself.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), REFRESH_INTERVAL_S)
+
+def _failed(exc: RedisError | OSError) -> None:
+    if not is_transient(exc):
+        logger.warning("backlog_refresh_failed", error=str(exc))
+    # Unknown backlog: keep the last verdict; the ingest route reports Redis itself.
 
 
 @dataclass(slots=True)

@@ -95,7 +95,12 @@ def main() -> None:
         with _multiprocess_metrics_dir():
             uvicorn.run(ASGI_FACTORY, factory=True, workers=settings.http_workers, **options)
         return
-    server = Server(uvicorn.Config(build_app(settings), **options))
+    try:
+        app = build_app(settings)
+    except ConfigurationError as exc:  # found once Redis answered (e.g. it is a cluster)
+        print(f"ingest-producer: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIGURATION) from None
+    server = Server(uvicorn.Config(app, **options))
     server.run()
     if not server.started:
         raise SystemExit(EXIT_STARTUP_FAILED)

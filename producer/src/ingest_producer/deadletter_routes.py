@@ -73,6 +73,7 @@ def dead_letter_routes(
             Parameter(description="Only dead letters older than this id (exclusive)", **cursor_doc),
         ] = None,
     ) -> DeadLetterPage:
+        await guard.paced("dead-letters")
         return await guard.limited(
             "dead-letters", lambda: deadletters.list_dead_letters(ctx, count, before)
         )

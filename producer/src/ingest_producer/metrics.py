@@ -91,6 +91,14 @@ REGISTRY_SERIES = _queue_gauge(
 REGISTRY_METRICS = _queue_gauge(
     "ingest_registry_metrics", "Distinct metric names admitted (INGEST_MAX_METRICS caps it)"
 )
+READ_REPLICA_LAG_BYTES = _queue_gauge(
+    "ingest_read_replica_lag_bytes",
+    "How far the read replica (INGEST_READ_REDIS_URL) is behind the primary, in replication "
+    "stream bytes",
+)
+READ_REPLICA_LINK_UP = _queue_gauge(
+    "ingest_read_replica_link_up", "1 while the read replica's link to the primary is up"
+)
 QUEUE_LENGTH = _queue_gauge("ingest_queue_length", "Entries in the stream now (XLEN)")
 QUEUE_ADDED = _queue_gauge(
     "ingest_queue_entries_added", "Entries ever appended to the stream (XINFO STREAM)"

@@ -20,7 +20,6 @@ from ingest_producer.reading.context import ReadContext, create_read_context
 from ingest_producer.reading.isolation import (
     ReadGuard,
     json_answer,
-    read_responses,
     shared_responses,
 )
 from ingest_shared.keys import AGGREGATIONS
@@ -52,14 +51,22 @@ _LABEL_PARAMETER = Annotated[
 
 
 def read_side_routes(
-    settings: Settings, redis: RedisClient, ring: KeyRing, guard: ReadGuard
+    settings: Settings,
+    redis: RedisClient,
+    ring: KeyRing,
+    guard: ReadGuard,
+    *,
+    reader: "RedisClient | None" = None,
 ) -> list[HTTPRouteHandler]:
-    """Every read-side route (queries and dead letters) on one read context and ``guard``."""
+    """Every read-side route (queries and dead letters), sharing ``guard``. The queries read
+    from ``reader`` (a replica, default ``redis``); the dead letters, which the same routes
+    replay and delete, from ``redis``."""
     ctx = create_read_context(settings, redis)
+    queries = ctx if reader is None else create_read_context(settings, reader)
     # Without write keys a write needs a JSON Content-Type (see jsonbody.require_json).
     type_required = not settings.write_keys
     return [
-        *read_routes(ctx, ring, guard),
+        *read_routes(queries, ring, guard),
         *dead_letter_routes(ctx, guard, type_required=type_required),
     ]
 
@@ -101,7 +108,7 @@ def read_routes(ctx: ReadContext, ring: KeyRing, guard: ReadGuard) -> list[HTTPR
 
     @get(
         "/api/ingest/metrics/{metric:str}/range",
-        responses=read_responses(401, 403, 422, 500, 503),
+        responses=shared_responses(RangeResult, 401, 403, 422, 500, 503),
         opt=_READ,
         operation_class=ParameterOperation,
         tags=["queries"],
@@ -162,7 +169,7 @@ def read_routes(ctx: ReadContext, ring: KeyRing, guard: ReadGuard) -> list[HTTPR
             ),
         ] = None,
         label: _LABEL_PARAMETER = None,
-    ) -> RangeResult:
+    ) -> Response[bytes]:
         query = ranges.parse_range(
             ctx,
             metric=metric,
@@ -173,7 +180,13 @@ def read_routes(ctx: ReadContext, ring: KeyRing, guard: ReadGuard) -> list[HTTPR
             bucket_ms=bucketMs,
             labels=label,
         )
-        return await guard.limited("range", lambda: ranges.read_range(ctx, query))
+        # Shared like the dashboard's queries: a window relative to now (no from/to) is the
+        # same query for every reader within INGEST_READ_CACHE_MS.
+        same = (metric, source, from_, to, agg, bucketMs, sorted(set(label or ())))
+        answer = await guard.shared(
+            "range", same, lambda: ranges.read_range(ctx, query), span_ms=query.end - query.start
+        )
+        return json_answer(answer)
 
     @get(
         "/api/ingest/charts",
@@ -200,7 +213,10 @@ def read_routes(ctx: ReadContext, ring: KeyRing, guard: ReadGuard) -> list[HTTPR
         ] = None,
     ) -> Response[bytes]:
         answer = await guard.shared(
-            "charts", (window, source), lambda: charts.read_charts(ctx, window, source)
+            "charts",
+            (window, source),
+            lambda: charts.read_charts(ctx, window, source),
+            span_ms=charts.WINDOWS_MS.get(window, 0),
         )
         return json_answer(answer)
 

@@ -76,9 +76,12 @@ def query_routes(
     guard: ReadGuard,
     *,
     caps: Caps,
+    reader: "RedisClient | None" = None,
 ) -> list[HTTPRouteHandler]:
     """The read routes, bound to their collaborators; ``checks``: ``EntryChecks.of(settings)``;
-    the summary is shared through ``guard``; ``caps``: the cardinality caps it shows."""
+    the summary is shared through ``guard``, read from ``reader`` (a replica, default
+    ``redis``); ``caps``: the cardinality caps it shows."""
+    summary_redis = redis if reader is None else reader
 
     @get(
         "/api/ingest/summary",
@@ -102,7 +105,9 @@ def query_routes(
     )
     async def summary() -> Response[bytes]:
         return json_answer(
-            await guard.shared("summary", (), lambda: read_summary(redis, keys, group, caps))
+            await guard.shared(
+                "summary", (), lambda: read_summary(summary_redis, keys, group, caps)
+            )
         )
 
     @get(

@@ -54,12 +54,16 @@ class ReplyTooLargeError(IngestError):
 
 
 class ReadsBusyError(IngestError):
-    """INGEST_READ_CONCURRENCY Redis-heavy reads were in flight and no slot freed in time."""
+    """A read this producer process cannot take now: INGEST_READ_CONCURRENCY Redis-heavy
+    reads were in flight and no slot freed in time, or the reads of INGEST_READ_RATE a second
+    are scheduled further ahead than a read may wait."""
 
-    def __init__(self, limit: int, waited_ms: int) -> None:
+    def __init__(self, limit: int, waited_ms: int, *, rate: bool = False) -> None:
+        limited = (
+            f"INGEST_READ_RATE={limit} a second" if rate else f"INGEST_READ_CONCURRENCY={limit}"
+        )
         super().__init__(
-            f"too many read queries in flight in this producer process "
-            f"(INGEST_READ_CONCURRENCY={limit}; none finished within {waited_ms} ms); "
-            "retry after Retry-After seconds"
+            f"too many read queries in this producer process ({limited}; this one could not "
+            f"start within {waited_ms} ms); retry after Retry-After seconds"
         )
         self.limit = limit

@@ -42,6 +42,8 @@ class Settings:
     """Every setting of both services; see ``.env.example`` for the variable names."""
 
     redis_url: str = "redis://localhost:6379/0"
+    # A replica of it that the read side queries instead (None: REDIS_URL serves reads too).
+    read_redis_url: str | None = None
     redis_tls: RedisTls = field(default_factory=RedisTls)
     stream_key: str = "telemetry:events"
     dead_letter_key: str = "telemetry:events:dead-letter"
@@ -106,7 +108,9 @@ class Settings:
     # built in code, so a read sees the writes before it; READ_CACHE_MS when the variable is
     # unset), and how many Redis-heavy reads one process runs at once.
     read_cache_ms: int = 0
-    read_concurrency: int = 4
+    read_concurrency: int = 2
+    # Reads (of any kind) one producer process starts per second; more wait their turn.
+    read_rate: int = 200
     # Agent protocols (ingest_producer.agent_routes): how a line, series or resource names its
     # source, and the largest body a protocol route takes, as sent and once decompressed.
     influx_source_tags: tuple[str, ...] = ("host", "device_id", "entity_id", "source")
@@ -159,6 +163,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     redis_url = _url(env, "REDIS_URL", d.redis_url)
     return Settings(
         redis_url=redis_url,
+        read_redis_url=_optional_url(env, "INGEST_READ_REDIS_URL"),
         redis_tls=_redis_tls(env, redis_url),
         stream_key=_text(env, "INGEST_STREAM_KEY", d.stream_key, _KEY),
         dead_letter_key=_text(env, "INGEST_DEAD_LETTER_KEY", d.dead_letter_key, _KEY),
@@ -221,6 +226,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         dead_letter_maxlen=_int(env, "INGEST_DEAD_LETTER_MAXLEN", d.dead_letter_maxlen, 1),
         read_cache_ms=_int(env, "INGEST_READ_CACHE_MS", READ_CACHE_MS, 0, 60_000),
         read_concurrency=_int(env, "INGEST_READ_CONCURRENCY", d.read_concurrency, 1, 1_024),
+        read_rate=_int(env, "INGEST_READ_RATE", d.read_rate, 0, 1_000_000),
         influx_source_tags=_names(env, "INGEST_INFLUX_SOURCE_TAGS", d.influx_source_tags),
         influx_default_source=_optional_text(env, "INGEST_INFLUX_DEFAULT_SOURCE", _NAME),
         prometheus_source_label=_text(
@@ -253,6 +259,10 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
         msg = f"{name} must start with redis://, rediss:// or unix://"
         raise ConfigurationError(msg)
     return value
+
+
+def _optional_url(env: Mapping[str, str], name: str) -> str | None:
+    return None if _raw(env, name) is None else _url(env, name, "")
 
 
 def _text(env: Mapping[str, str], name: str, default: str, pattern: re.Pattern[str]) -> str:

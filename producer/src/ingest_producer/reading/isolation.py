@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from importlib.metadata import version
 from typing import TYPE_CHECKING, TypeVar
 
@@ -39,6 +40,15 @@ if TYPE_CHECKING:
     from ingest_shared.settings import Settings
 
 T = TypeVar("T")
+# Answers a process keeps in memory besides the shared cache (distinct queries, not bytes:
+# each expires with the cache).
+LOCAL_ANSWERS = 256
+# Reads a process may start at once after a quiet moment (in seconds of INGEST_READ_RATE),
+# and how long a read waits for its turn before its 503.
+BURST_S = 0.1
+PACE_WAIT_S = 2.0
+# An answer covering a span lives at most 1/2880 of it (see lifetime_ms).
+SPAN_PER_LIFETIME = 2_880
 # How long a read waits for a slot before its 503: long enough for a cheap query ahead of it
 # to finish, short enough that a client retrying after Retry-After is not held meanwhile.
 QUEUE_WAIT_S = 0.1
@@ -78,6 +88,16 @@ def json_answer(body: bytes) -> Response[bytes]:
     return Response(body, media_type=MediaType.JSON)
 
 
+def lifetime_ms(cache_ms: int, span_ms: int) -> int:
+    """How long an answer covering ``span_ms`` is served again: INGEST_READ_CACHE_MS, or a
+    2,880th of its span when that is longer (30 s for 24 h, whose charts have 6-minute
+    buckets; a second for an hour). A 24 h chart or range of 1,000 devices holds Redis for
+    tens of milliseconds, which writes wait behind: recomputed each second, it halved ingest."""
+    if not cache_ms:
+        return 0
+    return max(cache_ms, span_ms // SPAN_PER_LIFETIME)
+
+
 def query_digest(route: str, query: Sequence[object]) -> str:
     """A hash of everything that changes a route's answer: the release, the route and its
     normalized query parameters (msgspec-encodable)."""
@@ -88,13 +108,18 @@ def query_digest(route: str, query: Sequence[object]) -> str:
 class ReadGuard:
     """One per app (per process): the slots, the queries in flight and the cache."""
 
-    def __init__(self, redis: RedisClient, keys: Keys, *, concurrency: int, cache_ms: int):
+    def __init__(
+        self, redis: RedisClient, keys: Keys, *, concurrency: int, cache_ms: int, rate: int = 0
+    ):
         self._redis = redis
         self._keys = keys
         self._limit = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._cache_ms = cache_ms
+        self._rate = rate
+        self._next_start = 0.0  # monotonic time the next read may start (see paced)
         self._flights: dict[str, asyncio.Future[bytes]] = {}
+        self._local: dict[str, tuple[float, bytes]] = {}  # digest -> (expires, body)
 
     @classmethod
     def of(cls, settings: Settings, redis: RedisClient) -> ReadGuard:
@@ -104,7 +129,25 @@ class ReadGuard:
             settings.keys,
             concurrency=settings.read_concurrency,
             cache_ms=settings.read_cache_ms,
+            rate=settings.read_rate,
         )
+
+    async def paced(self, route: str) -> None:
+        """Wait for this read's turn: reads start at most INGEST_READ_RATE a second (with a
+        burst of :data:`BURST_S` of them), so readers looping as fast as answers come take a
+        bounded share of the process that ingest shares; :class:`ReadsBusyError` when the turn
+        is more than :data:`PACE_WAIT_S` away. Waiting costs nothing: a cached answer costs
+        the HTTP work of sending it, and 3,000 of them a second took a quarter of ingest."""
+        if not self._rate:
+            return
+        now = time.monotonic()
+        start = max(self._next_start, now - BURST_S)
+        if start - now > PACE_WAIT_S:
+            metrics.READS_REJECTED.labels(route).inc()
+            raise ReadsBusyError(self._rate, round(PACE_WAIT_S * 1000), rate=True)
+        self._next_start = start + 1 / self._rate
+        if start > now:
+            await asyncio.sleep(start - now)
 
     async def limited(self, route: str, read: Callable[[], Awaitable[T]]) -> T:
         """``read()`` in one of the process's read slots; :class:`ReadsBusyError` when none
@@ -125,14 +168,19 @@ class ReadGuard:
         route: str,
         query: Sequence[object],
         read: Callable[[], Awaitable[msgspec.Struct]],
+        *,
+        span_ms: int = 0,
     ) -> bytes:
         """The encoded answer of ``read()``: joined with an identical query in flight in this
         process, else from the cache, else computed in a slot (and cached). ``query``: the
-        normalized parameters, everything besides the route that changes the answer."""
+        normalized parameters, everything besides the route that changes the answer;
+        ``span_ms``: the time the answer covers (see :func:`lifetime_ms`)."""
+        await self.paced(route)
         digest = query_digest(route, query)
         flight = self._flights.get(digest)
         if flight is None:
-            flight = asyncio.ensure_future(self._cached(route, digest, read))
+            lifetime = lifetime_ms(self._cache_ms, span_ms)
+            flight = asyncio.ensure_future(self._cached(route, digest, read, lifetime))
             self._flights[digest] = flight
             flight.add_done_callback(lambda done: self._landed(digest, done))
         else:
@@ -146,20 +194,39 @@ class ReadGuard:
             flight.exception()  # retrieved: its waiters (if any are left) raise it
 
     async def _cached(
-        self, route: str, digest: str, read: Callable[[], Awaitable[msgspec.Struct]]
+        self,
+        route: str,
+        digest: str,
+        read: Callable[[], Awaitable[msgspec.Struct]],
+        lifetime: int,
     ) -> bytes:
         key = self._keys.read_cache(route, digest)
         if self._cache_ms:
+            # This process's copy first: a hit then costs Redis nothing (a dashboard's charts
+            # are megabytes, and a GET of them holds Redis as long as a write batch).
+            held = self._local.get(digest)
+            if held is not None and held[0] > time.monotonic():
+                metrics.READ_CACHE.labels(route, "hit").inc()
+                return held[1]
             found = await self._cache_call("GET", key)
             if isinstance(found, bytes):
                 metrics.READ_CACHE.labels(route, "hit").inc()
+                self._hold(digest, found, lifetime)
                 return found
         metrics.READ_CACHE.labels(route, "miss").inc()
         answer = await self.limited(route, read)
         body = JSON_ENCODER.encode(answer)
         if self._cache_ms:
-            await self._cache_call("SET", key, body, "PX", self._cache_ms)
+            self._hold(digest, body, lifetime)
+            await self._cache_call("SET", key, body, "PX", lifetime)
         return body
+
+    def _hold(self, digest: str, body: bytes, lifetime: int) -> None:
+        """Keep ``body`` in this process for ``lifetime`` ms (bounded: cleared when full; a
+        copy found in Redis may be that much older, never more than twice as old)."""
+        if len(self._local) >= LOCAL_ANSWERS:
+            self._local.clear()
+        self._local[digest] = (time.monotonic() + lifetime / 1000, body)
 
     async def _cache_call(self, *args: str | bytes | int) -> object:
         """A cache command; a Redis user not allowed it turns the cache off (the reads work
