@@ -53,7 +53,7 @@ cluster: $(UV) ## a local Redis Cluster (3 primaries + 1 replica each) on free p
 
 # ARGS go to redis-cli: make redis-cli ARGS='XLEN telemetry:events:{s0.0}'
 redis-cli: install-run ## the embedded Redis' own redis-cli, connected where `make run` puts Redis (REDIS_URL, else :6379)
-	$(UV) run --frozen --no-sync python -m ingest_devtools.rediscli $(ARGS)
+	@$(UV) run --frozen --no-sync python -m ingest_devtools.rediscli $(ARGS)
 
 reset: ## delete the local data (.run/: Redis' AOF and RDB, the cluster's files); stop `make run` first
 	rm -rf .run

@@ -25,7 +25,7 @@ cost per event grows on a cluster (smaller per-slot commands) and with upserts (
 interleaved samples); one hot device or metric lands on one shard and one primary whatever
 the totals say; the network is not modelled (a gateway event is ~120 bytes of HTTP and ~100
 of Redis protocol each way: 100,000 events/s is ~200 Mbit/s per hop, a 1 Gbit/s link is the
-next limit near 400,000 events/s); nor is memory (README: sizing).
+next limit near 400,000 events/s); nor is memory (docs/operating.md, Sizing Redis).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Redis memory per series and per sample, for sizing Redis (the README's *Sizing Redis*).
+"""Redis memory per series and per sample, for sizing Redis (docs/operating.md, *Sizing Redis*).
 
     python -m bench.sizing [--devices 200] [--metrics 5] [--samples 10000]
 

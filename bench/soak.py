@@ -802,8 +802,8 @@ def _memory_lines(report: Report) -> list[str]:
         f"Series memory grew {per_event:.1f} bytes per stored event over the second half (raw "
         "device series + per-metric partial + rollups). At this rate the raw retention "
         f"({retention_s / 3600:g} h) holds {rate * retention_s:,.0f} events: about "
-        f"{projected / 2**30:,.1f} GiB of series before Redis memory levels off (see README, "
-        "*Sizing Redis*).",
+        f"{projected / 2**30:,.1f} GiB of series before Redis memory levels off (see "
+        "docs/operating.md, *Sizing Redis*).",
     ]
 
 

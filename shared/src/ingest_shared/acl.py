@@ -1,8 +1,9 @@
 """Least-privilege Redis users: the commands each role needs, in one place.
 
-The README's ``ACL SETUSER`` lines, the compose ACL file and the tests that run each service
-under its user are all made from :func:`acl_rules`, so they cannot drift apart. Commands run
-inside the Redis Functions are checked against the caller's ACL too, so they are listed.
+The ``ACL SETUSER`` lines of docs/reliability-and-security.md, the compose ACL file and the
+tests that run each service under its user are all made from :func:`acl_rules`, so they
+cannot drift apart. Commands run inside the Redis Functions are checked against the caller's
+ACL too, so they are listed.
 On Redis 7.4 there is no TimeSeries ACL category and ``@write`` holds no ``TS.*`` command:
 every command is named.
 """

@@ -155,7 +155,8 @@ async def check_layout(redis: RedisClient, keys: Keys) -> None:
                 f"INGEST_STREAM_SHARDS={layout['shards']} but the unsharded stream "
                 f"{keys.stream!r} of an earlier release still holds {unfinished} entries no "
                 "worker has finished: drain it first with INGEST_STREAM_SHARDS=1 (lag and "
-                "pending 0), then start with the new setting (README: Scaling out, Upgrading)"
+                "pending 0), then start with the new setting (docs/scaling.md, Upgrading from "
+                "one stream)"
             )
             raise ConfigurationError(msg)
     pipe = redis.pipeline(transaction=False)
@@ -169,7 +170,8 @@ async def check_layout(redis: RedisClient, keys: Keys) -> None:
             f"INGEST_STREAM_SHARDS={layout['shards']} (cluster {layout['cluster']}) but Redis "
             f"holds the layout {found} in {keys.layout}: changing the number of shards is a "
             "migration. Drain the old streams with the old setting (lag and pending 0), then "
-            f"DEL {keys.layout} and start with the new one (README: Scaling out, Upgrading)"
+            f"DEL {keys.layout} and start with the new one (docs/scaling.md, Upgrading from "
+            "one stream)"
         )
         raise ConfigurationError(msg)
 

@@ -291,7 +291,8 @@ async def check_timeseries(redis: RedisClient, keys: Keys) -> None:
     except NoPermissionError as exc:
         msg = (
             f"Redis refused TS.INFO to this user ({exc}); the ACL must allow the TimeSeries "
-            "commands this service uses (see the README, Reliability and security)"
+            "commands this service uses (see docs/reliability-and-security.md, Least-privilege "
+            "Redis users)"
         )
         raise ConfigurationError(msg) from None
     except ResponseError as exc:
