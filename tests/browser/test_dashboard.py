@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import datetime, timedelta
 from itertools import chain
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -78,6 +80,37 @@ QUEUE_FIELDS = {
 }
 # The age of the oldest pending entry grows between the page's call and the test's.
 AGE_TOLERANCE_MS = 5_000
+# A zone with a half-hour offset and no daylight saving: a time shown in UTC, or with a whole
+# hour's offset, cannot pass for local time there.
+ZONE = "Asia/Kolkata"
+ZONE_LABEL = "UTC+05:30"
+ROLLUP_BUCKET_MS = Settings().rollup_rules[0].bucket_ms
+# Every text uPlot (or anything else) writes on a canvas: the axis labels.
+RECORD_CANVAS_TEXT = """
+window.drawnTexts = [];
+const fillText = CanvasRenderingContext2D.prototype.fillText;
+CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) {
+  window.drawnTexts.push(String(text));
+  return fillText.call(this, text, ...rest);
+};
+"""
+# Every chart the page makes, as uPlot holds it: what is drawn where, whatever the page's code.
+RECORD_PLOTS = """
+window.plots = [];
+let wrapped;
+Object.defineProperty(window, "uPlot", {
+  configurable: true,
+  get() { return wrapped; },
+  set(real) {
+    wrapped = function (options, data, target) {
+      const plot = new real(options, data, target);
+      window.plots.push(plot);
+      return plot;
+    };
+    Object.assign(wrapped, real);
+  },
+});
+"""
 
 
 class PageWatch:
@@ -175,6 +208,26 @@ async def seed(http: httpx.AsyncClient, redis: Redis) -> str:
     return replayable.decode()
 
 
+async def ingest_readings(http: httpx.AsyncClient, span_ms: int) -> None:
+    """Readings of every metric from every source, every READING_EVERY_MS over the last
+    ``span_ms``, ingested and processed."""
+    now = now_ms()
+    events = [
+        {
+            "source": source,
+            "metric": metric,
+            "value": 50.0 + m + s,
+            "occurredAt": format_ms(at),
+        }
+        for m, metric in enumerate(METRICS)
+        for s, source in enumerate(SOURCES)
+        for at in range(now - span_ms, now, READING_EVERY_MS)
+    ]
+    response = await http.post("/api/ingest/events", json=events)
+    assert response.status_code == 200, response.text
+    assert (await process(http))["processed"] == len(events)
+
+
 async def refreshes(page: Page) -> int:
     count = await page.evaluate("() => Number(document.body.dataset.refreshes || 0)")
     assert isinstance(count, int)
@@ -188,12 +241,20 @@ async def wait_refreshes(page: Page, at_least: int) -> None:
 
 
 async def open_page(
-    browser: Browser, producer: Producer, viewport: ViewportSize
+    browser: Browser,
+    producer: Producer,
+    viewport: ViewportSize,
+    *,
+    hash: str = "",
+    timezone: str | None = None,
+    init_script: str | None = None,
 ) -> tuple[BrowserContext, Page, PageWatch]:
-    context = await browser.new_context(viewport=viewport, locale="en-US")
+    context = await browser.new_context(viewport=viewport, locale="en-US", timezone_id=timezone)
+    if init_script is not None:
+        await context.add_init_script(init_script)
     page = await context.new_page()
     watch = PageWatch(page)
-    await page.goto(producer.base_url + "/")
+    await page.goto(producer.base_url + "/" + hash)
     return context, page, watch
 
 
@@ -261,8 +322,9 @@ async def test_dashboard_shows_the_pipeline_and_replays_a_dead_letter(
         await expect(page.get_by_test_id("access")).to_have_text("auth off")
         await expect(page.get_by_test_id("key-panel")).to_be_hidden()
         await assert_queue_matches(page, http)
-        await assert_charts_drawn(page, "1h", "")
-        api_charts = (await http.get("/api/ingest/charts", params={"window": "1h"})).json()
+        # Ten minutes of data: the default window is the 15 minutes that hold them.
+        await assert_charts_drawn(page, "15m", "")
+        api_charts = (await http.get("/api/ingest/charts", params={"window": "15m"})).json()
         for shown in api_charts["charts"]:
             await expect(chart(page, shown["metric"])).to_have_attribute(
                 "data-last-bucket-open", str(shown["lastBucketOpen"]).lower()
@@ -322,7 +384,7 @@ async def test_dashboard_shows_the_pipeline_and_replays_a_dead_letter(
 
         phone, page, watch = await open_page(browser, producer, PHONE)
         await wait_refreshes(page, 1)
-        await assert_charts_drawn(page, "1h", "")
+        await assert_charts_drawn(page, "15m", "")
         width = await page.evaluate("() => document.documentElement.scrollWidth")
         assert width <= PHONE["width"], "the page scrolls sideways on a phone"
         await page.screenshot(path=artifacts / "dashboard-phone.png", full_page=True)
@@ -356,6 +418,9 @@ async def test_only_panels_in_view_are_polled_and_a_refused_refresh_backs_off(
 
         # Refused for load with Retry-After: 5 s, then twice that; a clean answer resets it.
         await page.set_viewport_size(TALL)
+        # The panels now in view are refreshed at once: let that refresh end first, so that
+        # no refresh is in flight when the refusals begin.
+        await wait_refreshes(page, await refreshes(page) + 1)
         busy = {"status_code": 503, "detail": "busy", "errors": []}
 
         async def refuse(route: Route) -> None:
@@ -398,7 +463,7 @@ async def test_a_read_key_sees_everything_but_replay_and_a_write_key_can_replay(
         await expect(page.get_by_test_id("access")).to_have_text("read key (no replay)")
         await wait_refreshes(page, 1)
         await assert_queue_matches(page, http)
-        await assert_charts_drawn(page, "1h", "")
+        await assert_charts_drawn(page, "15m", "")
         await expect(page.locator('[data-testid="recent-events"] tbody tr')).to_have_count(20)
         await expect(page.locator('[data-testid="stale-sources"] tbody tr')).to_have_count(1)
         await expect(page.get_by_test_id("dead-letter")).to_have_count(2)
@@ -426,6 +491,149 @@ async def test_a_read_key_sees_everything_but_replay_and_a_write_key_can_replay(
         await expect(page.get_by_test_id("access")).to_have_text("write key")
         await expect(page.get_by_test_id("replay")).to_have_count(2, timeout=WAIT_MS)
         await expect(page.get_by_test_id("replay-all")).to_be_visible()
+        watch.assert_clean(producer.base_url)
+        await context.close()
+
+
+async def test_the_default_window_fits_the_data_present_and_an_explicit_window_wins(
+    browser: Browser, start_producer: ProducerFactory, redis: Redis
+) -> None:
+    async with (
+        start_producer() as producer,
+        httpx.AsyncClient(base_url=producer.base_url, timeout=5) as http,
+    ):
+        # A fresh stack: the last 15 minutes.
+        context, page, watch = await open_page(browser, producer, DESKTOP)
+        await wait_refreshes(page, 1)
+        charts = page.get_by_test_id("charts")
+        await expect(charts).to_have_attribute("data-window", "15m", timeout=WAIT_MS)
+        await expect(page.get_by_test_id("window-15m")).to_be_checked()
+
+        # Forty minutes of data: the hour that holds them, chosen without writing the URL.
+        await ingest_readings(http, 40 * 60_000)
+        await page.reload()
+        await assert_charts_drawn(page, "1h", "")
+        await expect(page.get_by_test_id("window-1h")).to_be_checked()
+        assert "window=" not in await page.evaluate("() => location.hash")
+
+        # The window in the URL wins over the data, and a choice is written to the URL.
+        await page.goto(producer.base_url + "/#window=15m")
+        await page.reload()
+        count = await refreshes(page)
+        await wait_refreshes(page, count + 2)
+        await assert_charts_drawn(page, "15m", "")
+        await page.get_by_test_id("window-24h").check()
+        await assert_charts_drawn(page, "24h", "")
+        assert await page.evaluate("() => location.hash") == "#window=24h"
+        watch.assert_clean(producer.base_url)
+        await context.close()
+
+
+async def test_every_time_is_24_hour_local_time_with_its_zone_shown(
+    browser: Browser, start_producer: ProducerFactory, redis: Redis
+) -> None:
+    async with (
+        start_producer() as producer,
+        httpx.AsyncClient(base_url=producer.base_url, timeout=5) as http,
+    ):
+        await seed(http, redis)
+        context, page, watch = await open_page(
+            browser, producer, DESKTOP, timezone=ZONE, init_script=RECORD_CANVAS_TEXT
+        )
+        await wait_refreshes(page, 1)
+        await assert_charts_drawn(page, "15m", "")
+
+        # The time axes: 24-hour labels of local minutes within the last hour.
+        zone = ZoneInfo(ZONE)
+        now = datetime.now(zone)
+        minutes = {(now - timedelta(minutes=m)).strftime("%H:%M") for m in range(62)}
+        drawn: list[str] = await page.evaluate("() => window.drawnTexts")
+        labels = [t for t in drawn if re.search(r"\d:\d\d|am|pm", t, re.IGNORECASE)]
+        assert labels, drawn
+        for label in labels:
+            assert re.fullmatch(r"\d\d:\d\d(:\d\d)?", label), label
+            assert label[:5] in minutes, (label, sorted(minutes))
+
+        # The tables: the same clock, to the millisecond.
+        recent = (await http.get("/api/ingest/events/recent", params={"count": 20})).json()
+        occurred = datetime.fromisoformat(recent[0]["value"]["occurredAt"]).astimezone(zone)
+        expected = occurred.strftime("%H:%M:%S.%f")[:-3]
+        if occurred.date() != now.date():
+            expected = f"{occurred:%Y-%m-%d} {expected}"
+        first = page.locator('[data-testid="recent-events"] tbody tr').first
+        await expect(first.locator("td").first).to_have_text(expected)
+        for cells in ("recent-events", "stale-sources", "dead-letters"):
+            for text in await page.locator(f'[data-testid="{cells}"] td.when').all_inner_texts():
+                assert re.fullmatch(r"(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\.\d{3}", text), text
+
+        # The zone, wherever times are shown.
+        await expect(page.get_by_test_id("chart-legend")).to_contain_text(ZONE_LABEL)
+        for header in ("Occurred at", "Last seen", "Failed at"):
+            await expect(page.locator("th", has_text=header)).to_contain_text(ZONE_LABEL)
+        watch.assert_clean(producer.base_url)
+        await context.close()
+
+
+async def test_rollups_are_drawn_at_their_buckets_middle_and_the_open_bucket_explained_once(
+    browser: Browser, start_producer: ProducerFactory, redis: Redis
+) -> None:
+    async with (
+        start_producer() as producer,
+        httpx.AsyncClient(base_url=producer.base_url, timeout=5) as http,
+    ):
+        await seed(http, redis)
+        context, page, watch = await open_page(
+            browser, producer, DESKTOP, hash="#source=sensor-a", init_script=RECORD_PLOTS
+        )
+        await wait_refreshes(page, 1)
+        await assert_charts_drawn(page, "15m", "sensor-a")
+        await expect(page.get_by_test_id("chart-legend")).to_contain_text("middle")
+
+        # uPlot's own data: series 2 is the closed rollup buckets, null where it has no point.
+        plots: list[dict[str, Any]] = await page.evaluate(
+            """() => window.plots.filter((u) => u.root.isConnected).map((u) => ({
+                xs: u.data[0], ys: u.data[2] }))"""
+        )
+        assert len(plots) == len(METRICS)
+        half = ROLLUP_BUCKET_MS // 2
+        for plot in plots:
+            drawn = [x for x, y in zip(plot["xs"], plot["ys"], strict=True) if y is not None]
+            assert drawn, plot
+            for x in drawn:
+                assert (x - half) % ROLLUP_BUCKET_MS == 0, (x, ROLLUP_BUCKET_MS)
+
+        # sensor-a's cpu got a later sample: its last bucket is open, said once for the page.
+        await expect(chart(page, "cpu")).to_have_attribute("data-last-bucket-open", "true")
+        await expect(page.get_by_text("closes when a later sample arrives")).to_have_count(1)
+        watch.assert_clean(producer.base_url)
+        await context.close()
+
+
+async def test_hover_readouts_show_only_while_hovering(
+    browser: Browser, start_producer: ProducerFactory, redis: Redis
+) -> None:
+    async with (
+        start_producer() as producer,
+        httpx.AsyncClient(base_url=producer.base_url, timeout=5) as http,
+    ):
+        await seed(http, redis)
+        context, page, watch = await open_page(browser, producer, DESKTOP, timezone=ZONE)
+        await wait_refreshes(page, 1)
+        await assert_charts_drawn(page, "15m", "")
+        readouts = page.locator('[data-testid="chart"] .u-legend')
+        await expect(readouts).to_have_count(len(METRICS))
+        for i in range(len(METRICS)):
+            await expect(readouts.nth(i)).to_be_hidden()
+
+        await chart(page, "mem").locator(".u-over").hover()
+        readout = chart(page, "mem").locator(".u-legend")
+        await expect(readout).to_be_visible()
+        time = readout.locator(".u-value").first
+        await expect(time).to_have_text(re.compile(r"^\d\d:\d\d:\d\d$"))
+        await expect(chart(page, "cpu").locator(".u-legend")).to_be_hidden()
+
+        await page.get_by_test_id("queue-total").hover()
+        await expect(readout).to_be_hidden()
         watch.assert_clean(producer.base_url)
         await context.close()
 

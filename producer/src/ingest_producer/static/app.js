@@ -13,6 +13,11 @@
  * Retry-After), a fast clean one sets it back. The source list for the filter is loaded when
  * the loop starts and when the filter is focused, not on every refresh: with thousands of
  * devices it is the largest answer.
+ *
+ * The view state lives in the URL's fragment (see readHash). Without a window there, the
+ * charts start at the narrowest window and widen while the data reaches the window's start,
+ * so a fresh stack's data fills its charts; a window the user picks (or the URL names) wins.
+ * Every time shown is local, 24-hour, with the zone in the legend and the table headers.
  */
 "use strict";
 
@@ -25,6 +30,8 @@
   const SOURCES_MAX_AGE_MS = 10000;
   const KEY_STORAGE = "telemetry-ingest.apiKey";
   const WINDOWS = ["15m", "1h", "24h"];
+  // A window is too narrow for its data when the oldest point is this close to its start.
+  const FIT_EDGE = 0.02;
   const PAYLOAD_PREVIEW_CHARS = 300;
   const API = {
     access: "/api/ingest/access",
@@ -53,12 +60,14 @@
     again: false, // a refresh was asked for while one was running
     refreshes: 0,
     accessTimer: null,
-    window: "1h",
+    window: WINDOWS[0],
+    windowChosen: false, // by the user or the URL; otherwise the window follows the data
     source: "",
     charts: new Map(), // metric -> {card, plot, note, range, signature, observer}
     rendered: new Map(), // panel -> JSON of what it shows, to skip identical re-renders
     sourcesLoadedAt: 0,
     sourceNames: "",
+    zone: "",
     keyHelp: "", // the page's own explanation, shown again when no key was refused
     deadLettered: null, // from the summary: how many dead letters exist beyond those shown
   };
@@ -150,24 +159,71 @@
     return String(n).padStart(width, "0");
   }
 
+  // One clock everywhere (tables, axes, hover readouts, status): local time, 24-hour,
+  // YYYY-MM-DD before it when not today; the zone is shown once per table and chart legend.
   function formatTime(ms) {
     const d = new Date(ms);
     if (Number.isNaN(d.getTime())) return "–";
     return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
   }
 
-  function formatDateTime(value) {
+  function formatDate(d) {
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  }
+
+  function isToday(d) {
+    return formatDate(d) === formatDate(new Date()); // today's date is noise on a live dashboard
+  }
+
+  function formatDateTime(value, withMs = true) {
     const d = new Date(value);
     if (typeof value !== "number" && typeof value !== "string") return "–";
     if (Number.isNaN(d.getTime())) return String(value); // shown as sent: it may be the fault
-    const time = `${formatTime(d.getTime())}.${pad(d.getMilliseconds(), 3)}`;
-    const date = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
-    const today = new Date();
-    const isToday =
-      d.getFullYear() === today.getFullYear() &&
-      d.getMonth() === today.getMonth() &&
-      d.getDate() === today.getDate();
-    return isToday ? time : `${date} ${time}`; // today's date is noise on a live dashboard
+    const time = withMs ? `${formatTime(d.getTime())}.${pad(d.getMilliseconds(), 3)}` : formatTime(d.getTime());
+    return isToday(d) ? time : `${formatDate(d)} ${time}`;
+  }
+
+  /** The local zone as an offset from UTC ("UTC+05:30", "UTC" itself), today's. */
+  function zoneLabel() {
+    const offset = -new Date().getTimezoneOffset();
+    if (offset === 0) return "UTC";
+    const abs = Math.abs(offset);
+    return `UTC${offset < 0 ? "-" : "+"}${pad(Math.floor(abs / 60))}:${pad(abs % 60)}`;
+  }
+
+  function showZone() {
+    const zone = zoneLabel();
+    if (zone === state.zone) return;
+    state.zone = zone;
+    let name = "";
+    try {
+      name = Intl.DateTimeFormat().resolvedOptions().timeZone || "";
+    } catch {
+      /* no zone name: the offset says enough */
+    }
+    for (const node of document.querySelectorAll("[data-tz]")) {
+      node.textContent = `(${zone})`;
+      if (name) node.title = name;
+    }
+    state.rendered.delete("dead"); // its phone labels carry the zone
+  }
+
+  /** uPlot's x-axis labels: HH:MM (HH:MM:SS below a minute), the date under a new day's. */
+  function axisTimes(u, splits, axisIdx, space, incr) {
+    let previousDay = isToday(new Date(splits[0])) ? formatDate(new Date()) : "";
+    return splits.map((ms) => {
+      const d = new Date(ms);
+      const time = incr % 60000 ? formatTime(ms) : formatTime(ms).slice(0, 5);
+      const day = formatDate(d);
+      const label = day === previousDay ? time : `${time}\n${day}`;
+      previousDay = day;
+      return label;
+    });
+  }
+
+  function rollupBucketMs(name) {
+    const match = /_(\d+)$/.exec(String(name || ""));
+    return match ? Number(match[1]) : null;
   }
 
   function rollupLabel(name) {
@@ -333,7 +389,11 @@
           actions.append(button);
         }
         return el("tr", { dataset: { id: String(entry.id), testid: "dead-letter" } }, [
-          el("td", { class: "when", text: formatDateTime(entry.failedAt), dataset: { label: "Failed at" } }),
+          el("td", {
+            class: "when",
+            text: formatDateTime(entry.failedAt),
+            dataset: { label: `Failed at (${state.zone})` },
+          }),
           el("td", {
             class: "reason",
             text: entry.reason,
@@ -360,25 +420,34 @@
     return width < 500 ? 170 : 210;
   }
 
-  /** uPlot wants one x array and y arrays aligned to it, null where a series has no point. */
-  function alignedData(chart) {
+  /** uPlot wants one x array and y arrays aligned to it, null where a series has no point.
+   * A rollup point is drawn at the middle of the span its bucket covers (the API stamps it
+   * with the bucket's start): over the raw data it sums up, not half a bucket ahead of it.
+   * The open bucket covers its start to now so far. */
+  function alignedData(chart, bucketMs, to) {
     const raw = Array.isArray(chart.raw) ? chart.raw : [];
     const rollup = Array.isArray(chart.rollup) ? chart.rollup : [];
     const open = Boolean(chart.lastBucketOpen) && rollup.length > 0;
-    const xs = [...new Set([...raw, ...rollup].map((p) => p.timestampMs))].sort((a, b) => a - b);
+    const closed = open ? rollup.length - 1 : rollup.length;
+    const middle = (start, i) => {
+      if (!bucketMs) return start;
+      const end = i >= closed && typeof to === "number" ? Math.min(start + bucketMs, to) : start + bucketMs;
+      return start + Math.max(0, end - start) / 2;
+    };
+    const rolled = rollup.map((p, i) => ({ x: middle(p.timestampMs, i), value: p.value }));
+    const xs = [...new Set([...raw.map((p) => p.timestampMs), ...rolled.map((p) => p.x)])].sort((a, b) => a - b);
     const at = new Map(xs.map((x, i) => [x, i]));
     const empty = () => new Array(xs.length).fill(null);
     const yRaw = empty();
     const yClosed = empty();
     const yOpen = empty();
     for (const p of raw) yRaw[at.get(p.timestampMs)] = p.value;
-    const closed = open ? rollup.length - 1 : rollup.length;
-    for (const p of rollup.slice(0, closed)) yClosed[at.get(p.timestampMs)] = p.value;
+    for (const p of rolled.slice(0, closed)) yClosed[at.get(p.x)] = p.value;
     if (open) {
       // The open bucket's series: its point plus the last closed one, so the dash joins them.
-      const last = rollup[rollup.length - 1];
-      yOpen[at.get(last.timestampMs)] = last.value;
-      if (closed > 0) yOpen[at.get(rollup[closed - 1].timestampMs)] = rollup[closed - 1].value;
+      const last = rolled[rolled.length - 1];
+      yOpen[at.get(last.x)] = last.value;
+      if (closed > 0) yOpen[at.get(rolled[closed - 1].x)] = rolled[closed - 1].value;
     }
     return [xs, yRaw, yClosed, yOpen];
   }
@@ -414,9 +483,9 @@
       scales: {
         x: { time: true, range: (u, min, max) => (entry.range ? entry.range : [min, max]) },
       },
-      axes: [{ ...axis }, { ...axis, size: 56 }],
+      axes: [{ ...axis, values: axisTimes }, { ...axis, size: 56 }],
       series: [
-        {},
+        { label: "Time", value: (u, ms) => (ms === null || ms === undefined ? "--" : formatDateTime(ms, false)) },
         { label: rawLabel, stroke: colors.raw, width: 1, spanGaps: true, points: { size: 4, fill: colors.raw } },
         {
           label: rollLabel,
@@ -443,6 +512,12 @@
         },
       ],
       hooks: {
+        // The hover readout (uPlot's legend) is shown only while the cursor is on a point.
+        setCursor: [
+          (u) => {
+            entry.card.dataset.hover = String(u.cursor.idx !== null && u.cursor.idx !== undefined);
+          },
+        ],
         // Written after uPlot drew: what the canvas shows, for people reading the DOM and tests.
         draw: [
           (u) => {
@@ -460,7 +535,7 @@
   function createChartCard(metric) {
     const title = el("h3", { text: metric });
     const plotBox = el("div", { class: "chart-plot", role: "img", "aria-label": `Chart of ${metric}` });
-    const note = el("p", { class: "note", dataset: { testid: "chart-note" } });
+    const note = el("p", { class: "note", text: "No data in this window.", dataset: { testid: "chart-note" } });
     const card = el("article", { class: "chart", dataset: { testid: "chart", metric } }, [title, plotBox, note]);
     const entry = { card, plotBox, note, plot: null, range: null, signature: "", width: 0 };
     entry.observer = new ResizeObserver(() => {
@@ -477,7 +552,17 @@
   function renderCharts(data) {
     if (typeof window.uPlot !== "function") throw new Error("the chart library did not load");
     const charts = Array.isArray(data.charts) ? data.charts : [];
+    const wider = widerWindow(data);
+    if (wider) {
+      // Keep what is shown until the wider window's answer replaces it: no flash of a
+      // narrower chart on load.
+      state.window = wider;
+      syncControls();
+      refreshNow();
+      return;
+    }
     const rollLabel = rollupLabel(data.rollup);
+    const bucketMs = rollupBucketMs(data.rollup);
     $("rollup-name").textContent = `${rollLabel} rollup`;
     const container = $("charts");
     container.dataset.window = String(data.window ?? "");
@@ -496,7 +581,7 @@
       entry.range = typeof data.from === "number" && typeof data.to === "number" ? [data.from, data.to] : null;
       const rawLabel =
         typeof chart.rawBucketMs === "number" ? `raw (avg per ${formatDuration(chart.rawBucketMs)})` : "raw";
-      const aligned = alignedData(chart);
+      const aligned = alignedData(chart, bucketMs, data.to);
       const signature = `${rawLabel}|${rollLabel}`;
       if (!entry.plot || entry.signature !== signature) {
         if (entry.plot) entry.plot.destroy();
@@ -512,11 +597,8 @@
       const rollup = Array.isArray(chart.rollup) ? chart.rollup : [];
       const latest = rollup.length ? `, latest ${rollLabel} ${formatValue(rollup[rollup.length - 1].value)}` : "";
       entry.plotBox.setAttribute("aria-label", `Chart of ${metric}: ${countPoints(aligned[1])} raw points${latest}`);
-      const points = aligned[0].length;
-      if (points === 0) entry.note.textContent = "No data in this window.";
-      else if (chart.lastBucketOpen)
-        entry.note.textContent = `The last ${rollLabel} bucket is still open (dashed line, hollow point): it closes when a later sample arrives.`;
-      else entry.note.textContent = "All rollup buckets shown are closed.";
+      // What an open bucket means is said once, in the legend above the charts.
+      entry.note.hidden = aligned[0].length > 0;
     });
     for (const [metric, entry] of state.charts) {
       if (seen.has(metric)) continue;
@@ -526,6 +608,19 @@
       state.charts.delete(metric);
     }
     $("charts-empty").hidden = charts.length > 0;
+  }
+
+  /** The next wider window when the window follows the data and its oldest point reaches the
+   * window's start (there may be more before it), else null. */
+  function widerWindow(data) {
+    const next = WINDOWS[WINDOWS.indexOf(state.window) + 1];
+    if (state.windowChosen || data.window !== state.window || !next) return null;
+    if (typeof data.from !== "number" || typeof data.to !== "number") return null;
+    let oldest = Infinity;
+    for (const chart of Array.isArray(data.charts) ? data.charts : []) {
+      for (const p of Array.isArray(chart.raw) ? chart.raw : []) oldest = Math.min(oldest, p.timestampMs);
+    }
+    return oldest < data.from + (data.to - data.from) * FIT_EDGE ? next : null;
   }
 
   function chartsUrl() {
@@ -631,6 +726,7 @@
     document.body.dataset.refreshes = String(state.refreshes);
     if (problems.length) setStatus("error", `${problems.join(" · ")} (retrying in ${formatDuration(state.interval)})`);
     else setStatus("ok", `Updated ${formatTime(Date.now())}`);
+    showZone(); // the offset changes with daylight saving time
   }
 
   async function loadSources(force = false) {
@@ -760,17 +856,24 @@
 
   // ---------------------------------------------------------------- view state in the URL
 
+  // The fragment, as URLSearchParams: window=15m|1h|24h (absent or unknown: the window follows
+  // the data) and source=<device> (absent or empty: the fleet). Read on load and on a
+  // hashchange; rewritten in place (no history entry) when the user changes either control,
+  // naming the window only once the user picked one.
   function readHash() {
     const params = new URLSearchParams(location.hash.slice(1));
     const windowParam = params.get("window");
-    state.window = WINDOWS.includes(windowParam) ? windowParam : "1h";
+    state.windowChosen = WINDOWS.includes(windowParam);
+    state.window = state.windowChosen ? windowParam : WINDOWS[0];
     state.source = params.get("source") || "";
   }
 
   function writeHash() {
-    const params = new URLSearchParams({ window: state.window });
+    const params = new URLSearchParams();
+    if (state.windowChosen) params.set("window", state.window);
     if (state.source) params.set("source", state.source);
-    history.replaceState(null, "", `#${params}`);
+    const hash = String(params);
+    history.replaceState(null, "", hash ? `#${hash}` : location.pathname + location.search);
   }
 
   function syncControls() {
@@ -805,6 +908,7 @@
     state.keyHelp = $("key-message").textContent;
     readHash();
     syncControls();
+    showZone();
     $("key-form").addEventListener("submit", (event) => {
       event.preventDefault();
       const input = $("key-input");
@@ -826,6 +930,7 @@
     for (const radio of document.querySelectorAll('input[name="window"]')) {
       radio.addEventListener("change", () => {
         state.window = radio.value;
+        state.windowChosen = true;
         writeHash();
         refreshNow();
       });
@@ -833,7 +938,16 @@
     const select = $("source-select");
     select.addEventListener("change", () => {
       state.source = select.value;
+      if (!state.windowChosen) {
+        state.window = WINDOWS[0]; // fitted again to this device's (or the fleet's) data
+        syncControls();
+      }
       writeHash();
+      refreshNow();
+    });
+    window.addEventListener("hashchange", () => {
+      readHash();
+      syncControls();
       refreshNow();
     });
     select.addEventListener("focus", () => loadSources());
