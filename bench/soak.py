@@ -608,7 +608,9 @@ class Soak:
                 ]
                 for thread in threads:
                     thread.start()
-                if elapsed + chunk_s > next_kill:  # mid-chunk, not between two chunks
+                # Mid-chunk, not between two chunks; none at the very end (nothing after it
+                # would show the recovery).
+                if next_kill < cfg.duration_s and elapsed + chunk_s > next_kill:
                     time.sleep(max(0.0, next_kill - elapsed))
                     report.kills.append(self.kill_victim())
                     next_kill += cfg.kill_every_s

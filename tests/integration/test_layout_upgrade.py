@@ -1,6 +1,6 @@
 """Upgrading a deployment of the one-stream layout (every release before the sharded default)
-to the default of eight shards, as docs/scaling.md's *Upgrading from one stream* says: the new release
-refuses to start on the old layout with a line saying what to do; after the old stream is
+to the default of eight shards, as docs/scaling.md's *Upgrading from one stream* says: the new
+release refuses to start on the old layout with a line saying what to do; after the old stream is
 drained and the layout record deleted, it starts, nothing is lost, and queries answer over the
 old and the new data."""
 

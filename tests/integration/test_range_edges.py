@@ -144,8 +144,8 @@ async def test_a_rollup_added_after_the_data_never_hides_fleet_data(
 
 
 async def drop_minute_rollups(redis: Redis, metric: str, source: str) -> None:
-    """What docs/reading-data.md says to do with a rollup taken out of INGEST_ROLLUPS: DEL its series
-    (which also removes its rule)."""
+    """What docs/reading-data.md says to do with a rollup taken out of INGEST_ROLLUPS: DEL its
+    series (which also removes its rule)."""
     keys = ROLLED.keys
     await redis.delete(*(keys.source_rollup_of(metric, source, r) for r in keys.rollups))
 
