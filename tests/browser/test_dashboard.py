@@ -7,11 +7,12 @@ straight into the dead-letter stream so a replay can move it back.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from datetime import datetime, timedelta
 from itertools import chain
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -25,6 +26,7 @@ from ingest_shared.settings import Settings
 from ingest_shared.streams import dead_letter_fields
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from playwright.async_api import (
@@ -256,6 +258,37 @@ async def open_page(
     watch = PageWatch(page)
     await page.goto(producer.base_url + "/" + hash)
     return context, page, watch
+
+
+class SeededPage(NamedTuple):
+    producer: Producer
+    http: httpx.AsyncClient
+    page: Page
+
+
+@contextlib.asynccontextmanager
+async def seeded_page(
+    browser: Browser,
+    start_producer: ProducerFactory,
+    redis: Redis,
+    *,
+    window: str,
+    source: str = "",
+    **open_options: Any,
+) -> AsyncIterator[SeededPage]:
+    """A producer with the seed data, and a desktop page on it once it drew ``window`` of
+    ``source``; at the end the page must have logged no error."""
+    async with (
+        start_producer() as producer,
+        httpx.AsyncClient(base_url=producer.base_url, timeout=5) as http,
+    ):
+        await seed(http, redis)
+        context, page, watch = await open_page(browser, producer, DESKTOP, **open_options)
+        await wait_refreshes(page, 1)
+        await assert_charts_drawn(page, window, source)
+        yield SeededPage(producer, http, page)
+        watch.assert_clean(producer.base_url)
+        await context.close()
 
 
 def chart(page: Page, metric: str) -> Locator:
@@ -532,17 +565,10 @@ async def test_the_default_window_fits_the_data_present_and_an_explicit_window_w
 async def test_every_time_is_24_hour_local_time_with_its_zone_shown(
     browser: Browser, start_producer: ProducerFactory, redis: Redis
 ) -> None:
-    async with (
-        start_producer() as producer,
-        httpx.AsyncClient(base_url=producer.base_url, timeout=5) as http,
-    ):
-        await seed(http, redis)
-        context, page, watch = await open_page(
-            browser, producer, DESKTOP, timezone=ZONE, init_script=RECORD_CANVAS_TEXT
-        )
-        await wait_refreshes(page, 1)
-        await assert_charts_drawn(page, "15m", "")
-
+    async with seeded_page(
+        browser, start_producer, redis, window="15m", timezone=ZONE, init_script=RECORD_CANVAS_TEXT
+    ) as on:
+        http, page = on.http, on.page
         # The time axes: 24-hour labels of local minutes within the last hour.
         zone = ZoneInfo(ZONE)
         now = datetime.now(zone)
@@ -570,23 +596,21 @@ async def test_every_time_is_24_hour_local_time_with_its_zone_shown(
         await expect(page.get_by_test_id("chart-legend")).to_contain_text(ZONE_LABEL)
         for header in ("Occurred at", "Last seen", "Failed at"):
             await expect(page.locator("th", has_text=header)).to_contain_text(ZONE_LABEL)
-        watch.assert_clean(producer.base_url)
-        await context.close()
 
 
 async def test_rollups_are_drawn_at_their_buckets_middle_and_the_open_bucket_explained_once(
     browser: Browser, start_producer: ProducerFactory, redis: Redis
 ) -> None:
-    async with (
-        start_producer() as producer,
-        httpx.AsyncClient(base_url=producer.base_url, timeout=5) as http,
-    ):
-        await seed(http, redis)
-        context, page, watch = await open_page(
-            browser, producer, DESKTOP, hash="#source=sensor-a", init_script=RECORD_PLOTS
-        )
-        await wait_refreshes(page, 1)
-        await assert_charts_drawn(page, "15m", "sensor-a")
+    async with seeded_page(
+        browser,
+        start_producer,
+        redis,
+        window="15m",
+        source="sensor-a",
+        hash="#source=sensor-a",
+        init_script=RECORD_PLOTS,
+    ) as on:
+        page = on.page
         await expect(page.get_by_test_id("chart-legend")).to_contain_text("middle")
 
         # uPlot's own data: series 2 is the closed rollup buckets, null where it has no point.
@@ -605,21 +629,13 @@ async def test_rollups_are_drawn_at_their_buckets_middle_and_the_open_bucket_exp
         # sensor-a's cpu got a later sample: its last bucket is open, said once for the page.
         await expect(chart(page, "cpu")).to_have_attribute("data-last-bucket-open", "true")
         await expect(page.get_by_text("closes when a later sample arrives")).to_have_count(1)
-        watch.assert_clean(producer.base_url)
-        await context.close()
 
 
 async def test_hover_readouts_show_only_while_hovering(
     browser: Browser, start_producer: ProducerFactory, redis: Redis
 ) -> None:
-    async with (
-        start_producer() as producer,
-        httpx.AsyncClient(base_url=producer.base_url, timeout=5) as http,
-    ):
-        await seed(http, redis)
-        context, page, watch = await open_page(browser, producer, DESKTOP, timezone=ZONE)
-        await wait_refreshes(page, 1)
-        await assert_charts_drawn(page, "15m", "")
+    async with seeded_page(browser, start_producer, redis, window="15m", timezone=ZONE) as on:
+        page = on.page
         readouts = page.locator('[data-testid="chart"] .u-legend')
         await expect(readouts).to_have_count(len(METRICS))
         for i in range(len(METRICS)):
@@ -634,8 +650,6 @@ async def test_hover_readouts_show_only_while_hovering(
 
         await page.get_by_test_id("queue-total").hover()
         await expect(readout).to_be_hidden()
-        watch.assert_clean(producer.base_url)
-        await context.close()
 
 
 async def test_page_and_assets_are_open_cacheable_and_left_out_of_the_api_document(

@@ -344,3 +344,14 @@ async def test_reads_start_at_the_paced_rate_and_one_too_far_ahead_is_a_503(
     for task in waiting:
         task.cancel()
     await asyncio.gather(*waiting, return_exceptions=True)
+
+
+async def test_a_chart_is_served_again_for_one_of_its_fine_buckets(
+    redis: Redis, redis_url: str, serve: AppClient
+) -> None:
+    async with serve(build_app(settings(redis_url, read_cache_ms=1_000))) as http:
+        await ingest(http, event("cpu", "a", 1.0, BASE_MS))
+        assert (await http.get(CHARTS, params={"window": "1h"})).status_code == 200
+        [key] = await cache_keys(redis)
+    # An hour's chart has 15 s points: its answer lives 15 s, not INGEST_READ_CACHE_MS.
+    assert 10_000 < await redis.pttl(key) <= 15_000

@@ -216,7 +216,7 @@ def read_routes(ctx: ReadContext, ring: KeyRing, guard: ReadGuard) -> list[HTTPR
             "charts",
             (window, source),
             lambda: charts.read_charts(ctx, window, source),
-            span_ms=charts.WINDOWS_MS.get(window, 0),
+            lifetime_ms=charts.answer_lifetime_ms(window),
         )
         return json_answer(answer)
 

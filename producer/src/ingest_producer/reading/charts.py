@@ -30,6 +30,19 @@ FINE_BUCKETS = 240
 RAW_LIMIT = 300
 
 
+# A chart's answer is served again for one fine bucket (15 s of a 1 h chart), at most this
+# long: the fleet's fine points are computed from every device's raw samples, which at 40,000
+# events/s held Redis ~0.36 s per hour of window, and the dashboard polls every 10 s.
+MAX_ANSWER_LIFETIME_MS = 60_000
+
+
+def answer_lifetime_ms(window: str) -> int:
+    """How long a chart of ``window`` may be served again: one fine bucket (a chart cannot
+    show finer than that anyway), capped at MAX_ANSWER_LIFETIME_MS; 0 for no such window."""
+    window_ms = WINDOWS_MS.get(window)
+    return 0 if window_ms is None else min(fine_bucket_ms(window_ms), MAX_ANSWER_LIFETIME_MS)
+
+
 def fine_bucket_ms(window_ms: int) -> int:
     """window / 240, rounded up to whole seconds."""
     return -(-window_ms // (FINE_BUCKETS * 1000)) * 1000

@@ -47,7 +47,7 @@ LOCAL_ANSWERS = 256
 # and how long a read waits for its turn before its 503.
 BURST_S = 0.1
 PACE_WAIT_S = 2.0
-# An answer covering a span lives at most 1/2880 of it (see lifetime_ms).
+# An answer covering a span lives at least 1/2880 of it (see answer_lifetime).
 SPAN_PER_LIFETIME = 2_880
 # How long a read waits for a slot before its 503: long enough for a cheap query ahead of it
 # to finish, short enough that a client retrying after Retry-After is not held meanwhile.
@@ -88,14 +88,14 @@ def json_answer(body: bytes) -> Response[bytes]:
     return Response(body, media_type=MediaType.JSON)
 
 
-def lifetime_ms(cache_ms: int, span_ms: int) -> int:
-    """How long an answer covering ``span_ms`` is served again: INGEST_READ_CACHE_MS, or a
-    2,880th of its span when that is longer (30 s for 24 h, whose charts have 6-minute
-    buckets; a second for an hour). A 24 h chart or range of 1,000 devices holds Redis for
-    tens of milliseconds, which writes wait behind: recomputed each second, it halved ingest."""
+def answer_lifetime(cache_ms: int, span_ms: int, route_ms: int = 0) -> int:
+    """How long an answer covering ``span_ms`` is served again: INGEST_READ_CACHE_MS, a
+    2,880th of its span (30 s for 24 h; a second for an hour), or what its route allows
+    (``route_ms``), whichever is longest. A 24 h range of 1,000 devices holds Redis for tens
+    of milliseconds, which writes wait behind: recomputed each second, it halved ingest."""
     if not cache_ms:
         return 0
-    return max(cache_ms, span_ms // SPAN_PER_LIFETIME)
+    return max(cache_ms, span_ms // SPAN_PER_LIFETIME, route_ms)
 
 
 def query_digest(route: str, query: Sequence[object]) -> str:
@@ -170,16 +170,18 @@ class ReadGuard:
         read: Callable[[], Awaitable[msgspec.Struct]],
         *,
         span_ms: int = 0,
+        lifetime_ms: int = 0,
     ) -> bytes:
         """The encoded answer of ``read()``: joined with an identical query in flight in this
         process, else from the cache, else computed in a slot (and cached). ``query``: the
         normalized parameters, everything besides the route that changes the answer;
-        ``span_ms``: the time the answer covers (see :func:`lifetime_ms`)."""
+        ``span_ms``: the time the answer covers (see :func:`answer_lifetime`);
+        ``lifetime_ms``: how long the route's answer may be served again, if longer."""
         await self.paced(route)
         digest = query_digest(route, query)
         flight = self._flights.get(digest)
         if flight is None:
-            lifetime = lifetime_ms(self._cache_ms, span_ms)
+            lifetime = answer_lifetime(self._cache_ms, span_ms, lifetime_ms)
             flight = asyncio.ensure_future(self._cached(route, digest, read, lifetime))
             self._flights[digest] = flight
             flight.add_done_callback(lambda done: self._landed(digest, done))
